@@ -1,0 +1,35 @@
+# Two entry points (see README): `make run` sets up and runs the default job, `make test` sets up
+# and runs the test suite. Both create .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first: it resolves to the local CPU wheel, and with it installed no later
+# requirement pulls a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	@echo "The trainer (issue 6) does not exist yet: running the MiniLM parity check instead."
+	$(BIN)/python -m softmcl_jax.models.check_parity
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/encoder.py
+
+clean:
+	rm -rf $(VENV)

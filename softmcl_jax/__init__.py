@@ -1,0 +1,1 @@
+"""softmcl_jax."""

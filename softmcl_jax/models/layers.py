@@ -1,0 +1,124 @@
+"""Building blocks shared by the encoders.
+
+Parameter names follow the PyTorch modules of transformers (``query``, ``LayerNorm``, ...), so
+that a Flax parameter path maps one-to-one onto a state-dict key (see softmcl_jax.models.hf).
+Parameters are kept in ``param_dtype`` (fp32); matmuls run in ``dtype`` (fp32 or bf16); layer norms,
+softmaxes and the residual stream's statistics run in fp32 whatever ``dtype`` is, because bf16
+variance and bf16 exp lose too much precision over 12-24 layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def _gelu_exact(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_tanh(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _quick_gelu(x: jax.Array) -> jax.Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# Names as in transformers' ACT2FN; "gelu" there is the exact (erf) GELU.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": _gelu_exact,
+    "gelu_python": _gelu_exact,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "quick_gelu": _quick_gelu,
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The activation transformers calls ``name``; a clear error for one we do not implement."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"hidden_act={name!r} is not supported; known: {sorted(ACTIVATIONS)}"
+        ) from None
+
+
+def dense(features: int, name: str, *, init_std: float, dtype: Dtype, param_dtype: Dtype,
+          use_bias: bool = True) -> nn.Dense:
+    """A ``nn.Dense`` named like the PyTorch ``nn.Linear`` it mirrors."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nn.initializers.normal(init_std),
+        name=name,
+    )
+
+
+def layer_norm(name: str, *, eps: float, param_dtype: Dtype) -> nn.LayerNorm:
+    # fp32 statistics and output: see the module docstring.
+    return nn.LayerNorm(epsilon=eps, dtype=jnp.float32, param_dtype=param_dtype, name=name)
+
+
+def embed(num: int, features: int, name: str, *, init_std: float, dtype: Dtype,
+          param_dtype: Dtype) -> nn.Embed:
+    return nn.Embed(
+        num,
+        features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        embedding_init=nn.initializers.normal(init_std),
+        name=name,
+    )
+
+
+def key_padding_bias(attention_mask: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
+    """(B, L) 0/1 mask -> (B, 1, 1, L) additive bias: 0 where attended, dtype-min where padded.
+
+    The finite minimum (not -inf) is what transformers adds, so rows whose keys are all padding give
+    the same uniform softmax there as here rather than NaN.
+    """
+    big_negative = jnp.finfo(dtype).min
+    return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, big_negative).astype(dtype)
+
+
+def multi_head_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    bias: jax.Array,
+    *,
+    dropout: nn.Dropout | None,
+    train: bool,
+) -> jax.Array:
+    """Scaled dot-product attention over heads.
+
+    Args:
+      q, k, v: (B, L, N, Dh) in the compute dtype.
+      bias: additive, broadcastable to (B, N, L, L), fp32.
+      dropout: applied to the attention probabilities when ``train``.
+    Returns:
+      (B, L, N, Dh) in the compute dtype.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = jnp.einsum("bqnd,bknd->bnqk", q * jnp.asarray(scale, q.dtype), k)
+    scores = scores.astype(jnp.float32) + bias
+    probs = jax.nn.softmax(scores, axis=-1)
+    if dropout is not None:
+        probs = dropout(probs, deterministic=not train)
+    return jnp.einsum("bnqk,bknd->bqnd", probs.astype(v.dtype), v)
