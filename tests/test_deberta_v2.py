@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,8 @@ import transformers
 from flax import traverse_util
 from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
 
-from softmcl_jax.models import deberta_v2
+from softmcl_jax.models import deberta_v2, from_pretrained
+from softmcl_jax.models.hf import torch_key
 
 B, L, LENGTHS = 3, 24, (24, 17, 9)
 COMMON = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -32,31 +34,6 @@ CONFIGS = {
                share_att_key=False, position_biased_input=True, type_vocab_size=2,
                conv_kernel_size=3, conv_act="gelu", embedding_size=48, legacy=True),
 }
-
-
-# --- torch state dict -> Flax params (to be replaced by softmcl_jax.models.from_pretrained) ----
-
-def torch_to_flax(module, state_dict: dict[str, torch.Tensor], *inputs) -> dict:
-    template = jax.eval_shape(module.init, jax.random.PRNGKey(0), *inputs)["params"]
-    out = {}
-    for path, leaf in traverse_util.flatten_dict(template).items():
-        key = torch_key(path)
-        assert key in state_dict, f"flax leaf {path} has no torch key {key}"
-        w = state_dict[key].detach().numpy()
-        if path[-1] == "kernel":
-            w = w.T if w.ndim == 2 else w.transpose(2, 1, 0)
-        assert w.shape == leaf.shape, f"{key}: torch {w.shape} vs flax {leaf.shape}"
-        out[path] = jnp.asarray(w)
-    # The only state-dict entries without a Flax leaf: the decoder tied to the word embeddings.
-    unused = set(state_dict) - {torch_key(p) for p in out}
-    assert unused <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}, unused
-    return traverse_util.unflatten_dict(out)
-
-
-def torch_key(path: tuple[str, ...]) -> str:
-    mods = [p.replace("layer_", "layer.") if p.startswith("layer_") else p for p in path[:-1]]
-    leaf = {"kernel": "weight", "scale": "weight", "embedding": "weight"}.get(path[-1], path[-1])
-    return ".".join([*mods, leaf])
 
 
 # --- fixtures --------------------------------------------------------------------------------
@@ -82,9 +59,14 @@ def setup(name: str):
     ids, mask, tt = _inputs(1)
     if not hf_config.type_vocab_size:
         tt = np.zeros_like(tt)
-    module = deberta_v2.DebertaV2MaskedLM(deberta_v2.DebertaConfig.from_hf(hf_config))
+    # Through the shared loader, so that it is what the parity covers.
+    folder = tempfile.mkdtemp(prefix=f"deberta_{name}_")
+    model.save_pretrained(folder)
+    pre = from_pretrained(folder)
+    assert pre.newly_initialized == ()
+    assert isinstance(pre.module, deberta_v2.DebertaV2MaskedLM)
+    module, params = pre.module, pre.params
     jargs = (jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), jnp.asarray(tt, jnp.int32))
-    params = torch_to_flax(module, model.state_dict(), *jargs)
     return model, module, params, (ids, mask, tt), jargs
 
 

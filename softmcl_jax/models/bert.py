@@ -101,11 +101,14 @@ class Embeddings(_Common):
         c = self.config
         kw = self._kw()
         pos = position_ids(input_ids, c.family, c.pad_token_id)
-        x = layers.embed(c.vocab_size, c.embedding_size, "word_embeddings", **kw)(input_ids)
+        words = layers.embed(c.vocab_size, c.embedding_size, "word_embeddings", **kw)
+        x = layers.lookup(words, input_ids, c.pad_token_id)
         x = x + layers.embed(c.type_vocab_size, c.embedding_size, "token_type_embeddings",
                              **kw)(token_type_ids)
-        x = x + layers.embed(c.max_position_embeddings, c.embedding_size, "position_embeddings",
-                             **kw)(pos)
+        positions = layers.embed(c.max_position_embeddings, c.embedding_size,
+                                 "position_embeddings", **kw)
+        # RoBERTa's position table also has padding_idx (padding positions hold pad_token_id).
+        x = x + layers.lookup(positions, pos, c.pad_token_id if c.family == "roberta" else None)
         x = layers.layer_norm("LayerNorm", eps=c.layer_norm_eps, param_dtype=self.param_dtype)(x)
         return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
 

@@ -96,6 +96,8 @@ ARCHITECTURES: dict[str, Architecture] = {
 _IGNORED_KEYS = re.compile(
     r"(^|\.)(position_ids|token_type_ids)$"
     r"|^discriminator_predictions\.|^mask_predictions\.|^cls\.seq_relationship\."
+    # DeBERTa-v3 checkpoints may carry absolute position embeddings they never use.
+    r"|^deberta\.embeddings\.position_embeddings\."
 )
 
 

@@ -87,6 +87,19 @@ def embed(num: int, features: int, name: str, *, init_std: float, dtype: Dtype,
     )
 
 
+def lookup(table: nn.Embed, ids: jax.Array, padding_idx: int | None) -> jax.Array:
+    """``table(ids)`` where positions holding ``padding_idx`` send no gradient into the table.
+
+    This is what ``torch.nn.Embedding(padding_idx=...)`` does (transformers builds word embeddings,
+    and RoBERTa its position embeddings, that way); without it a training step here differs from
+    the same step in PyTorch in the pad row.
+    """
+    x = table(ids)
+    if padding_idx is None:
+        return x
+    return jnp.where((ids == padding_idx)[..., None], jax.lax.stop_gradient(x), x)
+
+
 def key_padding_bias(attention_mask: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
     """(B, L) 0/1 mask -> (B, 1, 1, L) additive bias: 0 where attended, dtype-min where padded.
 
