@@ -23,7 +23,7 @@ run: $(STAMP)
 	$(BIN)/python -m softmcl_jax.models.check_parity
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -s tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -204,10 +204,8 @@ class Embeddings(_Common):
     def __call__(self, input_ids, token_type_ids, mask, *, train: bool) -> jax.Array:
         c = self.config
         kw = self._kw()
-        x = layers.embed(c.vocab_size, c.embedding_size, "word_embeddings", **kw)(input_ids)
-        if c.pad_token_id is not None:
-            # torch's nn.Embedding(padding_idx=pad) never sends gradient to the padding row.
-            x = jnp.where((input_ids == c.pad_token_id)[..., None], jax.lax.stop_gradient(x), x)
+        x = layers.lookup(layers.embed(c.vocab_size, c.embedding_size, "word_embeddings", **kw),
+                          input_ids, c.pad_token_id)
         if c.position_biased_input:
             pos = jnp.arange(input_ids.shape[1])
             x = x + layers.embed(c.max_position_embeddings, c.embedding_size,
