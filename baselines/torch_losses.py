@@ -148,7 +148,8 @@ def soft_cse(query, key, *, temperature, mode="weight", strength=1.0, queue_keys
     q, cands, valid, cand_valid = _setup(query, key, queue_keys, valid, queue_valid, normalize)
     b = q.shape[0]
     sims = q @ cands.T
-    cos = F.normalize(q, dim=1, eps=1e-12) @ F.normalize(cands, dim=1, eps=1e-12).T
+    cos = sims if normalize else (
+        F.normalize(q, dim=1, eps=1e-12) @ F.normalize(cands, dim=1, eps=1e-12).T)
     u = cos.detach().clamp(0.0, 1.0 - 1e-6)
     pos_sim = sims[torch.arange(b), torch.arange(b)]
     neg = cand_valid[None, :].expand(b, -1).clone()

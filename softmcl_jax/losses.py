@@ -266,11 +266,12 @@ def soft_label_targets(
     InfoNCE's diagonal, with class-valued valences it is SupCon's uniform target over positives.
     The second form shows that only ``lambda * valence_range`` matters.
     """
-    v = _as_float(valence)
-    valid = _mask(valid, v.shape[0])
+    # Padding valences are zeroed first: a NaN there would otherwise reach the gradient.
+    valid = _mask(valid, jnp.shape(valence)[0])
+    v = jnp.where(valid, _as_float(valence), 0.0)
     if queue_valence is not None:
         queue_valid = _mask(queue_valid, jnp.shape(queue_valence)[0])
-        queue_valence = _as_float(queue_valence)
+        queue_valence = jnp.where(queue_valid, _as_float(queue_valence), 0.0)
     else:
         queue_valid = None
     # s_ij / lambda minus the constant 1 / lambda, which the softmax ignores: at a small lambda
@@ -556,7 +557,7 @@ def label_aware_contrastive(
     cand = _candidates(valid, queue_valid, exclude_self=True)
     labels = jnp.asarray(labels)
     cand_labels = _concat(labels, queue_labels)
-    w = _as_float(class_weights)
+    w = jnp.where(valid[:, None], _as_float(class_weights), 0.0)  # padding rows may hold NaN
     pos = cand & (labels[:, None] == cand_labels[None, :])
     n_pos = jnp.sum(pos, axis=-1)
     log_norm = _masked_logsumexp(logits, jnp.where(cand, w[:, cand_labels], 0.0))
@@ -590,10 +591,11 @@ def lcl_objective(
     """
     valid = _mask(valid, features.shape[0])
     labels = jnp.asarray(labels)
+    rows = lambda logits: jnp.where(valid[:, None], _as_float(logits), 0.0)
     ce = lambda logits: _mean_over(
-        optax.softmax_cross_entropy_with_integer_labels(_as_float(logits), labels), valid
+        optax.softmax_cross_entropy_with_integer_labels(rows(logits), labels), valid
     )
-    class_weights = jax.nn.softmax(_as_float(weight_logits), axis=-1)
+    class_weights = jax.nn.softmax(rows(weight_logits), axis=-1)
     if detach_class_weights:
         class_weights = jax.lax.stop_gradient(class_weights)
     lcl = label_aware_contrastive(
