@@ -1,0 +1,122 @@
+"""BERT-style masked-LM corruption, as a pure numpy function of (ids, seed, step, process).
+
+    masked, labels = mask_tokens(ids, special, mask_token_id=103, vocab_size=30522,
+                                 special_ids=(0, 100, 101, 102, 103), seed=0, step=s,
+                                 process_index=jax.process_index())
+
+Each non-special, non-padding token is selected independently with probability ``rate``
+(Bernoulli, as transformers' ``DataCollatorForLanguageModeling``, so the count per batch varies).
+A selected token is replaced by the mask token with probability 0.8, by a random token with 0.1,
+and left unchanged with 0.1; its label is the original id. Unselected tokens get label -100
+(``losses.masked_lm_loss``'s ``ignore_index``).
+
+Random replacements are drawn uniformly from ``[0, vocab_size)`` minus ``special_ids`` (and the
+mask token): a random [CLS], [SEP] or [PAD] in mid-sentence would be a signal the model never
+sees at fine-tuning time, and a random [MASK] would turn the 10% "random" case into the 80% one.
+``vocab_size`` should be the tokenizer's length (``len(tokenizer)``), not the model's embedding
+rows, which some checkpoints pad beyond any id the tokenizer produces.
+
+The randomness is a function of ``(seed, step, process_index)`` only (a ``SeedSequence`` on
+exactly those three numbers, in a stream of its own), so a resumed run re-creates the same masks
+and each host masks its own shard differently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+IGNORE_INDEX = -100
+# Distinguishes the masking stream from the shuffling stream (pipeline.py) for equal numbers.
+MASK_STREAM = 0x4D4C4D  # "MLM"
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingConfig:
+    """What the pipeline needs to mask a batch; build it with :meth:`from_tokenizer`."""
+
+    mask_token_id: int
+    vocab_size: int
+    special_ids: tuple[int, ...] = ()
+    rate: float = 0.15
+    mask_fraction: float = 0.8
+    random_fraction: float = 0.1
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> MaskingConfig:
+        """Mask id, ``len(tokenizer)`` and ``all_special_ids`` from a transformers tokenizer."""
+        if tokenizer.mask_token_id is None:
+            raise ValueError(f"{type(tokenizer).__name__} has no mask token")
+        return cls(mask_token_id=int(tokenizer.mask_token_id), vocab_size=len(tokenizer),
+                   special_ids=tuple(int(i) for i in tokenizer.all_special_ids), **kwargs)
+
+
+@functools.lru_cache(maxsize=8)
+def _replacement_ids(vocab_size: int, excluded: tuple[int, ...]) -> np.ndarray:
+    allowed = np.setdiff1d(np.arange(vocab_size, dtype=np.int32), np.asarray(excluded, np.int32))
+    if allowed.size == 0:
+        raise ValueError("no token id left for random replacement")
+    allowed.setflags(write=False)
+    return allowed
+
+
+def mask_tokens(
+    input_ids: np.ndarray,
+    special_mask: np.ndarray,
+    *,
+    mask_token_id: int,
+    vocab_size: int,
+    seed: int,
+    step: int,
+    process_index: int,
+    rate: float = 0.15,
+    special_ids: Sequence[int] = (),
+    mask_fraction: float = 0.8,
+    random_fraction: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Corrupt ``input_ids`` for masked-LM training.
+
+    Args:
+      input_ids: (B, L) integer ids.
+      special_mask: (B, L) bool, True at special tokens *and padding*; these are never selected.
+      mask_token_id: the [MASK] id.
+      vocab_size: random replacements are drawn from ``[0, vocab_size)`` ...
+      special_ids: ... minus these ids and ``mask_token_id``.
+      seed, step, process_index: the only source of randomness (non-negative ints).
+      rate: probability that an eligible token is selected.
+      mask_fraction, random_fraction: of the selected tokens, the share replaced by [MASK] and
+        by a random id; the rest stay unchanged.
+    Returns:
+      (masked_ids (B, L) same dtype as ``input_ids``, mlm_labels (B, L) int32 with the original
+      id where selected and -100 elsewhere).
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be in [0, 1], got {rate}")
+    if mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
+        raise ValueError("mask_fraction and random_fraction must be >= 0 and sum to <= 1")
+    input_ids = np.asarray(input_ids)
+    special_mask = np.asarray(special_mask, bool)
+    if special_mask.shape != input_ids.shape:
+        raise ValueError(f"special_mask shape {special_mask.shape} != ids {input_ids.shape}")
+    rng = np.random.default_rng(
+        np.random.SeedSequence([seed, step, process_index], spawn_key=(MASK_STREAM,)))
+    # Draw everything for every position (not just eligible ones), so the masks of one row do
+    # not depend on how much padding the other rows have.
+    u_select = rng.random(input_ids.shape)
+    u_action = rng.random(input_ids.shape)
+    allowed = _replacement_ids(int(vocab_size), tuple(sorted({*map(int, special_ids),
+                                                               int(mask_token_id)})))
+    random_ids = allowed[rng.integers(0, allowed.size, size=input_ids.shape)]
+
+    selected = (u_select < rate) & ~special_mask
+    to_mask = selected & (u_action < mask_fraction)
+    to_random = selected & (u_action >= mask_fraction) & (u_action < mask_fraction
+                                                           + random_fraction)
+    masked = np.where(to_mask, mask_token_id, input_ids)
+    masked = np.where(to_random, random_ids, masked).astype(input_ids.dtype)
+    labels = np.where(selected, input_ids, IGNORE_INDEX).astype(np.int32)
+    return masked, labels
