@@ -1,6 +1,31 @@
 """Data: records and readers, word-level valence, MLM masking and the input pipeline."""
 
 from softmcl_jax.data.masking import IGNORE_INDEX, MaskingConfig, mask_tokens
+from softmcl_jax.data.readers import (
+    read_csv,
+    read_emobank,
+    read_glue_sst2,
+    read_goemotions,
+    read_hf,
+    read_jsonl,
+    read_label_names,
+    read_semeval14,
+    read_sst,
+    read_stsb,
+    read_tfds,
+    read_vader_lexicon,
+    read_vader_sentences,
+    read_warriner,
+)
+from softmcl_jax.data.records import (
+    AspectExample,
+    BadRows,
+    DataError,
+    Sentence,
+    SentencePair,
+    scale_to_unit,
+)
+from softmcl_jax.data.vader import load_vader_lexicon, load_vader_sentences
 from softmcl_jax.data.valence import (
     Encoded,
     EncodeStats,
@@ -22,4 +47,27 @@ __all__ = [
     "lookup",
     "mask_tokens",
     "word_valences",
+    # records, readers and the shipped VADER data
+    "AspectExample",
+    "BadRows",
+    "DataError",
+    "Sentence",
+    "SentencePair",
+    "scale_to_unit",
+    "load_vader_lexicon",
+    "load_vader_sentences",
+    "read_csv",
+    "read_emobank",
+    "read_glue_sst2",
+    "read_goemotions",
+    "read_hf",
+    "read_jsonl",
+    "read_label_names",
+    "read_semeval14",
+    "read_sst",
+    "read_stsb",
+    "read_tfds",
+    "read_vader_lexicon",
+    "read_vader_sentences",
+    "read_warriner",
 ]

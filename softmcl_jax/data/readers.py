@@ -1,0 +1,876 @@
+"""Readers: one function per source format, each turning a file into records (``records.py``).
+
+Shared behaviour, so that no reader drops anything silently:
+
+* Every reader takes ``on_bad_row``: ``"raise"`` (default), ``"skip"``, or a ``BadRows`` object
+  (pass the same one to several readers to collect all skips). A bad row raises ``DataError``
+  whose message starts ``PATH:LINE:`` (the line where the record starts) and says what is wrong;
+  with ``"skip"`` the row is left out, counted, logged, and each reader logs its count at the end.
+  Problems with the file as a whole (missing file, empty file, a header without a needed column)
+  always raise: skipping them would skip everything.
+* Bad rows are: a wrong number of columns, an empty line, an empty text, a valence that is not a
+  number or lies outside the scale the caller states, an unknown label id, a line that is not
+  valid UTF-8 (files are read as bytes and decoded line by line so that the line is known), and,
+  in lexicons, a word listed twice with different values (twice with the same value is fine and
+  kept once).
+* Files may start with a UTF-8 BOM and use CRLF or LF line ends; ``.gz`` files are decompressed.
+* Valences are mapped to [0, 1] from the ``scale=(low, high)`` the caller states
+  (``records.scale_to_unit``); each reader's default is its source's documented scale.
+* Texts are returned as in the file, except where a format's docstring says it strips them.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import logging
+import math
+import numbers
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from softmcl_jax.data.records import (
+    AspectExample,
+    BadRows,
+    DataError,
+    Sentence,
+    SentencePair,
+    scale_to_unit,
+)
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+OnBadRow = str | BadRows
+
+_BOM = b"\xef\xbb\xbf"
+EMOBANK_SPLITS = ("train", "dev", "test")
+GOEMOTIONS_NUM_LABELS = 28  # 27 emotions + neutral, the order of GoEmotions' emotions.txt
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared plumbing
+
+
+def _policy(on_bad_row: OnBadRow) -> BadRows:
+    return on_bad_row if isinstance(on_bad_row, BadRows) else BadRows(on_bad_row)
+
+
+def _scale(scale: Any, what: str = "scale") -> tuple[float, float]:
+    # A wrong scale is the caller's mistake, not the data's: ValueError, not DataError.
+    try:
+        low, high = (float(x) for x in scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (low, high), got {scale!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"{what} must be finite with low < high, got {scale!r}")
+    return low, high
+
+
+def _read_bytes(path: str) -> bytes:
+    data = Path(path).read_bytes()
+    if path.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise DataError(path, None, f"not a readable gzip file: {e}") from None
+    if data.startswith(_BOM):
+        data = data[len(_BOM) :]
+    if not data:
+        raise DataError(path, 1, "the file is empty")
+    return data
+
+
+def _raw_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """Physical lines, numbered from 1, without their LF or CRLF end."""
+    chunks = data.split(b"\n")
+    if chunks[-1] == b"":  # the file's final line end, not an empty last line
+        chunks.pop()
+    for number, raw in enumerate(chunks, 1):
+        yield number, raw[:-1] if raw.endswith(b"\r") else raw
+
+
+def _utf8_error(path: str, line: int, raw: bytes, e: UnicodeDecodeError) -> DataError:
+    return DataError(
+        path, line, f"invalid UTF-8 at byte {e.start} ({raw[e.start : e.start + 4]!r}): {e.reason}"
+    )
+
+
+def _lines(path: str, bad: BadRows) -> Iterator[tuple[int, str]]:
+    """Decoded lines; one that is not UTF-8 is a bad row, the others still get read."""
+    for number, raw in _raw_lines(_read_bytes(path)):
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad.handle(_utf8_error(path, number, raw, e))
+
+
+def _csv_table(
+    path: str, bad: BadRows, required: Iterable[str], delimiter: str = ","
+) -> tuple[dict[str, int], Iterator[tuple[int, list[str]]]]:
+    """A CSV file with a header: (column -> index, iterator of (start line, fields)).
+
+    Quoted fields may span lines, so records are numbered by the line they start on; the csv
+    module is strict, so a stray quote is a bad row instead of a silently merged one. Records
+    whose field count differs from the header's are bad rows.
+    """
+    broken: dict[int, DataError] = {}
+
+    def text_lines() -> Iterator[str]:
+        for number, raw in _raw_lines(_read_bytes(path)):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                # Keep feeding the csv module so that the records after this one still parse.
+                broken[number] = _utf8_error(path, number, raw, e)
+                text = raw.decode("utf-8", "replace")
+            yield text + "\n"
+
+    reader = csv.reader(text_lines(), delimiter=delimiter, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(path, 1, "the file is empty") from None
+    except csv.Error as e:
+        raise DataError(path, 1, f"malformed CSV header: {e}") from None
+    if 1 in broken:
+        raise broken[1]
+    columns: dict[str, int] = {}
+    for index, name in enumerate(header):
+        columns.setdefault(name, index)
+    for name in required:
+        if name not in columns:
+            raise DataError(path, 1, f"no column {name!r} in the header {header!r}")
+        if header.count(name) > 1:
+            raise DataError(path, 1, f"column {name!r} appears {header.count(name)} times")
+
+    def records() -> Iterator[tuple[int, list[str]]]:
+        end = reader.line_num
+        while True:
+            start = end + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                end = reader.line_num
+                bad.handle(DataError(path, start, f"malformed CSV record: {e}"))
+                continue
+            end = reader.line_num
+            errors = [broken[n] for n in range(start, end + 1) if n in broken]
+            if errors:
+                bad.handle(errors[0])
+            elif not fields:
+                bad.handle(DataError(path, start, "empty line"))
+            elif len(fields) != len(header):
+                bad.handle(
+                    DataError(
+                        path, start, f"expected {len(header)} columns, got {len(fields)}"
+                    )
+                )
+            else:
+                yield start, fields
+
+    return columns, records()
+
+
+def _number(raw: Any, path: str, line: int, what: str) -> float:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise DataError(path, line, f"missing {what}")
+    if isinstance(raw, bool):
+        raise DataError(path, line, f"{what} {raw!r} is not a number")
+    if isinstance(raw, numbers.Real):
+        value = float(raw)
+    else:
+        try:
+            value = float(str(raw).strip())
+        except ValueError:
+            raise DataError(path, line, f"{what} {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(path, line, f"{what} {raw!r} is not a finite number")
+    return value
+
+
+def _valence(raw: Any, scale: tuple[float, float], path: str, line: int) -> float:
+    return scale_to_unit(_number(raw, path, line, "valence"), *scale, path=path, line=line)
+
+
+def _label_id(raw: Any, num_labels: int | None, path: str, line: int) -> int:
+    if isinstance(raw, numbers.Integral) and not isinstance(raw, bool):
+        value = int(raw)
+    elif isinstance(raw, str) and raw.strip().lstrip("-").isdigit():
+        value = int(raw.strip())
+    elif raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise DataError(path, line, "missing label")
+    else:
+        raise DataError(path, line, f"label {raw!r} is not an integer id")
+    if value < 0 or (num_labels is not None and value >= num_labels):
+        known = f"0..{num_labels - 1}" if num_labels is not None else "0 or more"
+        raise DataError(path, line, f"unknown label id {value} (ids are {known})")
+    return value
+
+
+def _label_ids(
+    raw: Any, num_labels: int | None, path: str, line: int
+) -> tuple[int | None, tuple[int, ...]]:
+    """(label, labels): a list gives multi-label ids, ``label`` set when there is exactly one."""
+    if isinstance(raw, (list, tuple)) or (hasattr(raw, "tolist") and getattr(raw, "ndim", 0)):
+        ids = [_label_id(x, num_labels, path, line) for x in list(raw)]
+        if not ids:
+            raise DataError(path, line, "no label ids")
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise DataError(path, line, f"label id(s) {twice} listed twice")
+        return (ids[0] if len(ids) == 1 else None), tuple(ids)
+    return _label_id(raw, num_labels, path, line), ()
+
+
+def _text(raw: Any, path: str, line: int) -> str:
+    if isinstance(raw, bytes):  # tensorflow-datasets gives bytes
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _utf8_error(path, line, raw, e) from None
+    if not isinstance(raw, str):
+        raise DataError(path, line, f"text is not a string: {raw!r}")
+    if not raw.strip():
+        raise DataError(path, line, "empty text")
+    return raw
+
+
+def _finish(path: str, count: int, what: str, bad: BadRows) -> None:
+    skipped = sum(1 for e in bad.skipped if e.path == path)
+    if skipped:
+        log.warning("%s: read %d %s, skipped %d bad rows (%s)", path, count, what, skipped,
+                    bad.report())
+    else:
+        log.info("%s: read %d %s, no bad rows", path, count, what)
+
+
+def _add_word(
+    lexicon: dict[str, float],
+    first_line: dict[str, int],
+    word: str,
+    value: float,
+    path: str,
+    line: int,
+    duplicates: str,
+) -> bool:
+    """Add a lexicon entry; True when it overrode a different earlier value."""
+    if word in lexicon and lexicon[word] != value:
+        if duplicates != "last":
+            raise DataError(
+                path,
+                line,
+                f"word {word!r} listed twice with different values: {lexicon[word]:g} on line "
+                f"{first_line[word]}, {value:g} here (both normalised to [0, 1])",
+            )
+        lexicon[word] = value
+        first_line[word] = line
+        return True
+    lexicon.setdefault(word, value)
+    first_line.setdefault(word, line)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Lexicons
+
+
+def read_warriner(
+    path: PathLike,
+    *,
+    scale: tuple[float, float] = (1.0, 9.0),
+    word_column: str = "Word",
+    valence_column: str = "V.Mean.Sum",
+    on_bad_row: OnBadRow = "raise",
+) -> dict[str, float]:
+    """Warriner, Kuperman & Brysbaert (2013) word norms -> ``{word: valence in [0, 1]}``.
+
+    Format: CSV with a header (``Ratings_Warriner_et_al.csv``: an unnamed index column, then
+    ``Word, V.Mean.Sum, V.SD.Sum, V.Rat.Sum, A.Mean.Sum, ...``, 65 columns). Only ``Word`` and
+    ``V.Mean.Sum`` (mean valence, 1 = unhappy .. 9 = happy) are read; every row must have as many
+    fields as the header. A word listed twice with different valences is a bad row; listed twice
+    with the same valence it is kept once. Words are kept as written (Warriner's are lower case).
+    """
+    path, bad = str(path), _policy(on_bad_row)
+    low_high = _scale(scale)
+    columns, rows = _csv_table(path, bad, (word_column, valence_column))
+    lexicon: dict[str, float] = {}
+    first_line: dict[str, int] = {}
+    for line, fields in rows:
+        try:
+            word = fields[columns[word_column]]
+            if not word.strip():
+                raise DataError(path, line, "empty word")
+            value = _valence(fields[columns[valence_column]], low_high, path, line)
+            _add_word(lexicon, first_line, word, value, path, line, "raise")
+        except DataError as e:
+            bad.handle(e)
+    _finish(path, len(lexicon), "words", bad)
+    return lexicon
+
+
+def read_vader_lexicon(
+    path: PathLike,
+    *,
+    scale: tuple[float, float] = (-4.0, 4.0),
+    duplicates: str = "raise",
+    on_bad_row: OnBadRow = "raise",
+) -> dict[str, float]:
+    """VADER lexicon (``vader_lexicon.txt``) -> ``{token: valence in [0, 1]}``.
+
+    Format: no header; 4 tab-separated fields per line: token, mean rating, standard deviation,
+    and the ten raters' integer ratings as ``[r1, ..., r10]``; ratings are on -4 (extremely
+    negative) .. +4 (extremely positive). Only token and mean are read. Tokens may contain spaces
+    (``can't stand``) and are kept exactly (``:D`` and ``:d`` differ).
+
+    ``duplicates``: a token listed twice with different means is a bad row with ``"raise"``; with
+    ``"last"`` the later row wins, as in vaderSentiment itself (its 3.3.2 lexicon has 14 such
+    tokens: see ``resources/README.md``), and each override is logged. Twice with the same mean
+    is always fine.
+    """
+    if duplicates not in ("raise", "last"):
+        raise ValueError(f"duplicates must be 'raise' or 'last', got {duplicates!r}")
+    path, bad = str(path), _policy(on_bad_row)
+    low_high = _scale(scale)
+    lexicon: dict[str, float] = {}
+    first_line: dict[str, int] = {}
+    overridden: list[str] = []
+    for line, text in _lines(path, bad):
+        try:
+            fields = text.split("\t")
+            if not text.strip():
+                raise DataError(path, line, "empty line")
+            if len(fields) != 4:
+                raise DataError(path, line, f"expected 4 tab-separated fields, got {len(fields)}")
+            if not fields[0].strip():
+                raise DataError(path, line, "empty token")
+            value = _valence(fields[1], low_high, path, line)
+            if _add_word(lexicon, first_line, fields[0], value, path, line, duplicates):
+                overridden.append(fields[0])
+        except DataError as e:
+            bad.handle(e)
+    if overridden:
+        log.info("%s: %d tokens listed twice with different means, the later row kept (as "
+                 "vaderSentiment does): %s", path, len(overridden), " ".join(overridden))
+    _finish(path, len(lexicon), "tokens", bad)
+    return lexicon
+
+
+def read_label_names(path: PathLike) -> list[str]:
+    """A label-name list such as GoEmotions' ``emotions.txt``: one name per line, id = line - 1.
+
+    Names must be non-empty and distinct; any problem raises (there is nothing to skip).
+    """
+    path, bad = str(path), BadRows("raise")
+    names: list[str] = []
+    for line, text in _lines(path, bad):
+        name = text.strip()
+        if not name:
+            raise DataError(path, line, "empty label name")
+        if name in names:
+            raise DataError(path, line, f"label name {name!r} listed twice")
+        names.append(name)
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# Sentences with valence or labels
+
+
+def read_vader_sentences(
+    path: PathLike,
+    *,
+    scale: tuple[float, float] = (-4.0, 4.0),
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> list[Sentence]:
+    """VADER's human-rated sentence sets (``*_GroundTruth.txt``, Hutto & Gilbert 2014).
+
+    Format: no header; 3 tab-separated fields: id, mean rating, text. The mean is over 15-99
+    raters' integer ratings on -4 .. +4 (the lexicon's scale). The text is kept as written
+    (a few have surrounding spaces) and may not contain a tab.
+    """
+    path, bad = str(path), _policy(on_bad_row)
+    low_high = _scale(scale)
+    out: list[Sentence] = []
+    for line, text in _lines(path, bad):
+        try:
+            fields = text.split("\t")
+            if not text.strip():
+                raise DataError(path, line, "empty line")
+            if len(fields) != 3:
+                raise DataError(path, line, f"expected 3 tab-separated fields, got {len(fields)}")
+            valence = _valence(fields[1], low_high, path, line)
+            out.append(Sentence(_text(fields[2], path, line), valence=valence, split=split,
+                                where=f"{path}:{line}"))
+        except DataError as e:
+            bad.handle(e)
+    _finish(path, len(out), "sentences", bad)
+    return out
+
+
+def read_emobank(
+    path: PathLike,
+    *,
+    scale: tuple[float, float] = (1.0, 5.0),
+    column: str = "V",
+    splits: Iterable[str] | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> list[Sentence]:
+    """EmoBank (Buechel & Hahn 2017) -> sentences with valence and split.
+
+    Format: CSV with header ``id,split,V,A,D,text``; V/A/D are means on a 1..5 SAM scale (5 = most
+    positive). ``split`` is ``train``, ``dev`` or ``test`` (anything else is a bad row). Texts are
+    CSV-quoted and may contain commas, doubled quotes and line breaks, so a record can span
+    lines; ``where`` names the line it starts on. ``column`` picks V (default), A or D as the
+    valence. ``splits`` keeps only those splits (others are not errors, just not asked for).
+    """
+    path, bad = str(path), _policy(on_bad_row)
+    low_high = _scale(scale)
+    wanted = None if splits is None else set(splits)
+    if wanted is not None and not wanted <= set(EMOBANK_SPLITS):
+        raise ValueError(f"splits must be among {EMOBANK_SPLITS}, got {sorted(wanted)}")
+    columns, rows = _csv_table(path, bad, ("split", column, "text"))
+    out: list[Sentence] = []
+    for line, fields in rows:
+        try:
+            split = fields[columns["split"]]
+            if split not in EMOBANK_SPLITS:
+                raise DataError(path, line, f"unknown split {split!r} (expected {EMOBANK_SPLITS})")
+            valence = _valence(fields[columns[column]], low_high, path, line)
+            text = _text(fields[columns["text"]], path, line)
+            if wanted is None or split in wanted:
+                out.append(Sentence(text, valence=valence, split=split, where=f"{path}:{line}"))
+        except DataError as e:
+            bad.handle(e)
+    _finish(path, len(out), "sentences", bad)
+    return out
+
+
+def read_goemotions(
+    path: PathLike,
+    *,
+    num_labels: int = GOEMOTIONS_NUM_LABELS,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> list[Sentence]:
+    """GoEmotions (Demszky et al. 2020) ``train.tsv``/``dev.tsv`` -> multi-label sentences.
+
+    Format: TSV without header, exactly 3 fields: text, comma-separated emotion ids (e.g.
+    ``3,27``), Reddit comment id. Ids index ``emotions.txt`` (28 names, 27 = neutral; pass
+    ``num_labels=len(read_label_names(...))`` for another list); an id outside
+    ``0..num_labels-1``, a repeated id or an empty id list is a bad row. ``labels`` keeps the
+    file's order; ``label`` is set when there is exactly one id. Texts are kept as written.
+    ``split`` is stored in each record (the file does not say).
+    """
+    path, bad = str(path), _policy(on_bad_row)
+    out: list[Sentence] = []
+    for line, text in _lines(path, bad):
+        try:
+            fields = text.split("\t")
+            if not text.strip():
+                raise DataError(path, line, "empty line")
+            if len(fields) != 3:
+                raise DataError(path, line, f"expected 3 tab-separated fields, got {len(fields)}")
+            sentence = _text(fields[0], path, line)
+            if not fields[1].strip():
+                raise DataError(path, line, "no label ids")
+            label, labels = _label_ids(fields[1].split(","), num_labels, path, line)
+            out.append(Sentence(sentence, label=label, labels=labels, split=split,
+                                where=f"{path}:{line}"))
+        except DataError as e:
+            bad.handle(e)
+    _finish(path, len(out), "sentences", bad)
+    return out
+
+
+def read_sst(
+    path: PathLike,
+    *,
+    num_labels: int,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> list[Sentence]:
+    """SST-2 / SST-5 in the ``stsa.binary.*`` / ``stsa.fine.*`` layout -> labelled sentences.
+
+    Format: one example per line, ``<label> <sentence>``: the first whitespace-separated token is
+    the label (SST-2: 0 negative, 1 positive, ``num_labels=2``; SST-5: 0 very negative .. 4 very
+    positive, ``num_labels=5``), the rest, stripped, is the (lower-cased, tokenised) sentence.
+    """
+    path, bad = str(path), _policy(on_bad_row)
+    out: list[Sentence] = []
+    for line, text in _lines(path, bad):
+        try:
+            parts = text.split(None, 1)
+            if not parts:
+                raise DataError(path, line, "empty line")
+            label = _label_id(parts[0], num_labels, path, line)
+            sentence = _text(parts[1] if len(parts) == 2 else "", path, line).strip()
+            out.append(Sentence(sentence, label=label, split=split, where=f"{path}:{line}"))
+        except DataError as e:
+            bad.handle(e)
+    _finish(path, len(out), "sentences", bad)
+    return out
+
+
+def read_glue_sst2(
+    path: PathLike,
+    *,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> list[Sentence]:
+    """GLUE SST-2 ``train.tsv``/``dev.tsv`` -> labelled sentences (phrases, for train).
+
+    Format: tab-separated with a header naming ``sentence`` and ``label`` columns (in any order;
+    GLUE's unlabelled ``test.tsv`` has none and is refused); label 0 negative, 1 positive. Fields
+    are not quoted (a ``"`` is just a character). Sentences are stripped (GLUE's end in a space).
+    """
+    path, bad = str(path), _policy(on_bad_row)
+    lines = _lines(path, bad)
+    line, text = next(lines)
+    if line != 1:
+        raise DataError(path, 1, "the header line is not valid UTF-8")
+    header = text.split("\t")
+    for name in ("sentence", "label"):
+        if name not in header:
+            raise DataError(path, 1, f"no column {name!r} in the header {header!r}")
+    text_at, label_at = header.index("sentence"), header.index("label")
+    out: list[Sentence] = []
+    for line, text in lines:
+        try:
+            fields = text.split("\t")
+            if not text.strip():
+                raise DataError(path, line, "empty line")
+            if len(fields) != len(header):
+                raise DataError(path, line, f"expected {len(header)} tab-separated fields, "
+                                            f"got {len(fields)}")
+            label = _label_id(fields[label_at], 2, path, line)
+            sentence = _text(fields[text_at], path, line).strip()
+            out.append(Sentence(sentence, label=label, split=split, where=f"{path}:{line}"))
+        except DataError as e:
+            bad.handle(e)
+    _finish(path, len(out), "sentences", bad)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Aspects and sentence pairs
+
+
+def read_semeval14(path: PathLike, *, on_bad_row: OnBadRow = "raise") -> list[AspectExample]:
+    """SemEval-2014 Task 4 aspect-term data in the ABSA-PyTorch ``*.xml.seg`` layout.
+
+    Format: 3 lines per example: (1) the tokenised sentence with the aspect term replaced by
+    ``$T$`` (exactly once), (2) the aspect term, (3) polarity ``-1``/``0``/``1``, stored as
+    label 0 (negative) / 1 (neutral) / 2 (positive). ``text`` is the sentence with the stripped
+    aspect put back (one aspect in the real data ends in a no-break space). A bad example is
+    skipped as a whole (3 lines); ``where`` is its first line. A trailing incomplete example is
+    a bad row.
+    """
+    path, bad = str(path), _policy(on_bad_row)
+    data = _read_bytes(path)
+    out: list[AspectExample] = []
+    group: list[tuple[int, bytes]] = []
+    numbered = list(_raw_lines(data))
+    for index, item in enumerate(numbered):
+        group.append(item)
+        if len(group) < 3 and index < len(numbered) - 1:
+            continue
+        start = group[0][0]
+        try:
+            if len(group) < 3:
+                raise DataError(path, start, f"incomplete example: {len(group)} of 3 lines")
+            texts = []
+            for number, raw in group:
+                try:
+                    texts.append(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    raise _utf8_error(path, number, raw, e) from None
+            sentence, aspect, polarity = texts
+            if sentence.count("$T$") != 1:
+                raise DataError(path, start, f"the sentence has {sentence.count('$T$')} '$T$' "
+                                             f"placeholders, expected 1")
+            if not aspect.strip():
+                raise DataError(path, start + 1, "empty aspect term")
+            if polarity.strip() not in ("-1", "0", "1"):
+                raise DataError(path, start + 2, f"polarity {polarity!r} is not -1, 0 or 1")
+            text = sentence.replace("$T$", aspect.strip())
+            out.append(AspectExample(text.strip(), aspect.strip(), int(polarity) + 1,
+                                     where=f"{path}:{start}"))
+        except DataError as e:
+            bad.handle(e)
+        group = []
+    _finish(path, len(out), "aspect examples", bad)
+    return out
+
+
+def read_stsb(path: PathLike, *, on_bad_row: OnBadRow = "raise") -> list[SentencePair]:
+    """STS Benchmark ``sts-{train,dev,test}.csv`` -> sentence pairs with their 0..5 score.
+
+    Format: tab-separated despite the name, no header, no quoting (sentences contain unbalanced
+    ``"``). Columns: genre, file, year, id, score (0..5), sentence 1, sentence 2. Some rows carry
+    extra columns after these (source attributions); they are ignored. Fewer than 7 columns, a
+    score outside 0..5 or an empty sentence is a bad row. The score stays on 0..5.
+    """
+    path, bad = str(path), _policy(on_bad_row)
+    out: list[SentencePair] = []
+    for line, text in _lines(path, bad):
+        try:
+            fields = text.split("\t")
+            if not text.strip():
+                raise DataError(path, line, "empty line")
+            if len(fields) < 7:
+                raise DataError(path, line, f"expected at least 7 tab-separated fields, "
+                                            f"got {len(fields)}")
+            score = _number(fields[4], path, line, "score")
+            if not 0.0 <= score <= 5.0:
+                raise DataError(path, line, f"score {score:g} is outside 0..5")
+            out.append(SentencePair(_text(fields[5], path, line), _text(fields[6], path, line),
+                                    score, where=f"{path}:{line}"))
+        except DataError as e:
+            bad.handle(e)
+    _finish(path, len(out), "sentence pairs", bad)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic sources: CSV, JSON Lines, Hugging Face datasets, tensorflow-datasets
+
+
+def _generic_sentence(
+    row: Any,
+    get: Any,
+    *,
+    text: str,
+    label: str | None,
+    valence: str | None,
+    split: str | None,
+    split_column: str | None,
+    scale: tuple[float, float] | None,
+    num_labels: int | None,
+    path: str,
+    line: int,
+) -> Sentence:
+    label_id, label_ids = (None, ())
+    if label is not None:
+        label_id, label_ids = _label_ids(get(row, label), num_labels, path, line)
+    value = None
+    if valence is not None:
+        value = _valence(get(row, valence), scale, path, line)
+    if split_column is not None:
+        split = get(row, split_column)
+        if not isinstance(split, str) or not split.strip():
+            raise DataError(path, line, f"missing split name: {split!r}")
+        split = split.strip()
+    return Sentence(_text(get(row, text), path, line), valence=value, label=label_id,
+                    labels=label_ids, split=split, where=f"{path}:{line}")
+
+
+def _generic_args(valence: str | None, scale: Any) -> tuple[float, float] | None:
+    if valence is None:
+        return None
+    if scale is None:
+        raise ValueError("a valence column needs scale=(low, high): the scale its values are on")
+    return _scale(scale)
+
+
+def read_csv(
+    path: PathLike,
+    *,
+    text_column: str,
+    label_column: str | None = None,
+    valence_column: str | None = None,
+    scale: tuple[float, float] | None = None,
+    num_labels: int | None = None,
+    split_column: str | None = None,
+    split: str | None = None,
+    delimiter: str = ",",
+    on_bad_row: OnBadRow = "raise",
+) -> list[Sentence]:
+    """Any CSV (or, with ``delimiter="\\t"``, TSV) with a header -> sentences.
+
+    Format: the first record names the columns; fields follow CSV quoting (``"`` quotes, ``""`` is
+    a quote, quoted fields may span lines). ``text_column`` is required; ``label_column`` holds
+    an integer class id (checked against ``num_labels`` when given); ``valence_column`` a number
+    on ``scale`` (required with it); ``split_column`` a split name (else ``split`` is stored).
+    """
+    path, bad = str(path), _policy(on_bad_row)
+    low_high = _generic_args(valence_column, scale)
+    wanted = [c for c in (text_column, label_column, valence_column, split_column) if c]
+    columns, rows = _csv_table(path, bad, wanted, delimiter=delimiter)
+    out: list[Sentence] = []
+    for line, fields in rows:
+        try:
+            out.append(_generic_sentence(
+                fields, lambda r, c: r[columns[c]], text=text_column, label=label_column,
+                valence=valence_column, split=split, split_column=split_column, scale=low_high,
+                num_labels=num_labels, path=path, line=line))
+        except DataError as e:
+            bad.handle(e)
+    _finish(path, len(out), "sentences", bad)
+    return out
+
+
+def _get_key(row: dict, key: str, path: str, line: int) -> Any:
+    if key not in row:
+        raise DataError(path, line, f"no key {key!r} (keys: {sorted(row)})")
+    return row[key]
+
+
+def read_jsonl(
+    path: PathLike,
+    *,
+    text_key: str,
+    label_key: str | None = None,
+    valence_key: str | None = None,
+    scale: tuple[float, float] | None = None,
+    num_labels: int | None = None,
+    split_key: str | None = None,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> list[Sentence]:
+    """JSON Lines -> sentences: one JSON object per line.
+
+    ``text_key`` names the text; ``label_key`` an integer id or a list of ids (multi-label:
+    ``labels``, with ``label`` set when the list has one id); ``valence_key`` a number on
+    ``scale``; ``split_key`` a split name (else ``split`` is stored). A missing key, invalid
+    JSON, a non-object or an empty line is a bad row.
+    """
+    path, bad = str(path), _policy(on_bad_row)
+    low_high = _generic_args(valence_key, scale)
+    out: list[Sentence] = []
+    for line, text in _lines(path, bad):
+        try:
+            if not text.strip():
+                raise DataError(path, line, "empty line")
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(path, line, f"invalid JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise DataError(path, line, f"expected a JSON object, got {type(row).__name__}")
+            out.append(_generic_sentence(
+                row, lambda r, k, line=line: _get_key(r, k, path, line), text=text_key,
+                label=label_key, valence=valence_key, split=split, split_column=split_key,
+                scale=low_high, num_labels=num_labels, path=path, line=line))
+        except DataError as e:
+            bad.handle(e)
+    _finish(path, len(out), "sentences", bad)
+    return out
+
+
+def _class_count(feature: Any) -> int | None:
+    """num_classes of a ClassLabel feature, or of the ClassLabel inside a list feature."""
+    for candidate in (feature, getattr(feature, "feature", None)):
+        if getattr(candidate, "num_classes", None) is not None:
+            return int(candidate.num_classes)
+    return None
+
+
+def read_hf(
+    source: Any,
+    *,
+    text_column: str,
+    label_column: str | None = None,
+    valence_column: str | None = None,
+    scale: tuple[float, float] | None = None,
+    num_labels: int | None = None,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+    **load_kwargs: Any,
+) -> list[Sentence]:
+    """A Hugging Face ``datasets.Dataset`` -> sentences.
+
+    ``source`` is a ``Dataset``, a ``DatasetDict`` (then ``split`` picks one), or a name or path
+    for ``datasets.load_dataset(source, split=split, **load_kwargs)`` (``split`` required). The
+    columns are as in ``read_jsonl``; a ``ClassLabel`` label column gives ``num_labels`` when it
+    is not passed. ``split`` is stored in each record. Errors name ``hf:SOURCE[SPLIT]`` and the
+    0-based row index (``dataset[index]``) in place of PATH and LINE.
+    """
+    import datasets  # a heavy import; only this reader needs it
+
+    if isinstance(source, (str, os.PathLike)):
+        name = str(source)
+        if split is None:
+            raise ValueError(f"read_hf({name!r}) needs split=... to load")
+        source = datasets.load_dataset(name, split=split, **load_kwargs)
+    else:
+        name = getattr(getattr(source, "info", None), "dataset_name", None) or "Dataset"
+    if isinstance(source, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        if split not in source:
+            raise ValueError(f"name the split to read: split= one of {sorted(source)}")
+        source = source[split]
+    path, bad = f"hf:{name}[{split}]" if split else f"hf:{name}", _policy(on_bad_row)
+    low_high = _generic_args(valence_column, scale)
+    wanted = [c for c in (text_column, label_column, valence_column) if c]
+    features = source.features or {}
+    for column in wanted:
+        if column not in features:
+            raise DataError(path, None, f"no column {column!r} (columns: {sorted(features)})")
+    if label_column is not None and num_labels is None:
+        num_labels = _class_count(features[label_column])
+    out: list[Sentence] = []
+    index = 0
+    for batch in source.select_columns(wanted).iter(batch_size=1024):
+        for row in zip(*(batch[c] for c in wanted), strict=True):
+            try:
+                out.append(_generic_sentence(
+                    dict(zip(wanted, row, strict=True)), lambda r, c: r[c], text=text_column,
+                    label=label_column, valence=valence_column, split=split, split_column=None,
+                    scale=low_high, num_labels=num_labels, path=path, line=index))
+            except DataError as e:
+                bad.handle(e)
+            index += 1
+    _finish(path, len(out), "sentences", bad)
+    return out
+
+
+def read_tfds(
+    name: str,
+    *,
+    split: str,
+    text_key: str,
+    label_key: str | None = None,
+    valence_key: str | None = None,
+    scale: tuple[float, float] | None = None,
+    num_labels: int | None = None,
+    data_dir: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> list[Sentence]:
+    """A tensorflow-datasets data set (``tfds.load(name, split=split)``) -> sentences.
+
+    Optional: needs ``pip install 'softmcl_jax[tfds]'`` (tensorflow-datasets and TensorFlow);
+    without it this raises ``ImportError`` saying so. Keys are as in ``read_jsonl``; text bytes
+    are decoded as UTF-8; a ``ClassLabel`` label gives ``num_labels`` when not passed. Errors
+    name ``tfds:NAME[SPLIT]`` and the 0-based example index.
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError(
+            "read_tfds needs tensorflow-datasets, which is not installed: "
+            "pip install 'softmcl_jax[tfds]' (or tensorflow-datasets and tensorflow), or use "
+            "read_hf / read_csv / read_jsonl instead"
+        ) from e
+    path, bad = f"tfds:{name}[{split}]", _policy(on_bad_row)
+    low_high = _generic_args(valence_key, scale)
+    data, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True)
+    if label_key is not None and num_labels is None:
+        num_labels = _class_count(info.features[label_key])
+    out: list[Sentence] = []
+    for index, example in enumerate(tfds.as_numpy(data)):
+        try:
+            row = {k: v.item() if getattr(v, "ndim", None) == 0 else v for k, v in example.items()}
+            out.append(_generic_sentence(
+                row, lambda r, k, index=index: _get_key(r, k, path, index), text=text_key,
+                label=label_key, valence=valence_key, split=split, split_column=None,
+                scale=low_high, num_labels=num_labels, path=path, line=index))
+        except DataError as e:
+            bad.handle(e)
+    _finish(path, len(out), "sentences", bad)
+    return out
