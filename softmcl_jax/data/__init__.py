@@ -1,6 +1,7 @@
 """Data: records and readers, word-level valence, MLM masking and the input pipeline."""
 
 from softmcl_jax.data.masking import IGNORE_INDEX, MaskingConfig, mask_tokens
+from softmcl_jax.data.pipeline import Pipeline, Prefetcher, epoch_permutation
 from softmcl_jax.data.readers import (
     read_csv,
     read_emobank,
@@ -41,8 +42,11 @@ __all__ = [
     "EncodeStats",
     "Encoded",
     "MaskingConfig",
+    "Pipeline",
+    "Prefetcher",
     "WordValence",
     "encode_sentences",
+    "epoch_permutation",
     "lemma_candidates",
     "lookup",
     "mask_tokens",
