@@ -43,6 +43,7 @@ gradient.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -170,6 +171,10 @@ def lemma_candidates(word: str) -> list[str]:
     return list(dict.fromkeys(out))  # first occurrence wins, order kept
 
 
+# Most words of a corpus are missing from a sentiment lexicon and recur: cache their candidates.
+_lemma_candidates = functools.lru_cache(maxsize=1 << 16)(lambda w: tuple(lemma_candidates(w)))
+
+
 def lookup(word: str, lexicon: Mapping[str, float], *, lemma: bool = True
            ) -> tuple[str, float, bool] | None:
     """(entry, valence, via_lemma) for a word, or None. ``lexicon`` keys must be lower-case."""
@@ -178,7 +183,7 @@ def lookup(word: str, lexicon: Mapping[str, float], *, lemma: bool = True
     if v is not None:
         return key, v, False
     if lemma:
-        for cand in lemma_candidates(key):
+        for cand in _lemma_candidates(key):
             v = lexicon.get(cand)
             if v is not None:
                 return cand, v, True
@@ -267,11 +272,13 @@ def encode_sentences(
     enc = tokenizer(
         [s.text for s in sentences], max_length=max_len, truncation=True, padding="max_length",
         return_offsets_mapping=True, return_special_tokens_mask=True, return_attention_mask=True,
-        return_token_type_ids=False, return_tensors="np")
-    input_ids = enc["input_ids"].astype(np.int32).reshape(n, max_len)
-    attention = enc["attention_mask"].astype(np.int32).reshape(n, max_len)
-    offsets = enc["offset_mapping"].reshape(n, max_len, 2)
-    special = (enc["special_tokens_mask"].reshape(n, max_len) > 0) | (attention == 0)
+        return_token_type_ids=False)
+    # Lists to arrays here: transformers' return_tensors="np" flattens element by element in
+    # Python, 10x slower than the tokenisation itself.
+    input_ids = np.asarray(enc["input_ids"], np.int32).reshape(n, max_len)
+    attention = np.asarray(enc["attention_mask"], np.int32).reshape(n, max_len)
+    offsets = np.asarray(enc["offset_mapping"], np.int64).reshape(n, max_len, 2)
+    special = (np.asarray(enc["special_tokens_mask"]).reshape(n, max_len) > 0) | (attention == 0)
     # The Rust encoding keeps what truncation cut off, whether or not it was asked to return it.
     truncated = np.array([bool(e.overflowing) for e in enc.encodings], dtype=bool)
     # Tokens that can carry a word's valence: real, non-special, with a non-empty span.
