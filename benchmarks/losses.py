@@ -72,36 +72,43 @@ def arrays_for(names: list[str], x: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [x["query"] if n == "features" else x[n] for n in names]
 
 
-def bench_jax(fn, diff, other, options, x, repeats):
+def bench_jax(fn, diff, other, options, x, repeats, precision="default"):
     def loss(*args):
         kw = dict(zip(diff + other, args, strict=True))
         return fn(**kw, temperature=TEMPERATURE, **options)
 
     args = [jnp.asarray(a) for a in arrays_for(diff + other, x)]
-    forward = jax.jit(loss)
-    backward = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(diff)))))
-    t0 = time.perf_counter()
-    value = float(forward(*args))
-    compile_s = time.perf_counter() - t0
-    fwd = report.median_seconds(lambda: forward(*args).block_until_ready(), repeats=repeats)
-    bwd = report.median_seconds(lambda: jax.block_until_ready(backward(*args)), repeats=repeats)
+    # The precision is read when a function is traced, i.e. at its first call: all of it inside.
+    with jax.default_matmul_precision(precision):
+        forward = jax.jit(loss)
+        backward = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(diff)))))
+        t0 = time.perf_counter()
+        value = float(forward(*args))
+        compile_s = time.perf_counter() - t0
+        fwd = report.median_seconds(lambda: forward(*args).block_until_ready(), repeats=repeats)
+        bwd = report.median_seconds(lambda: jax.block_until_ready(backward(*args)),
+                                    repeats=repeats)
     return value, compile_s, report.median(fwd), report.median(bwd)
 
 
-def bench_torch(fn, diff, other, options, x, repeats):
-    tensors = [torch.from_numpy(a) for a in arrays_for(diff + other, x)]
+def bench_torch(fn, diff, other, options, x, repeats, device):
+    tensors = [torch.from_numpy(a).to(device) for a in arrays_for(diff + other, x)]
     fixed = dict(zip(other, tensors[len(diff):], strict=True))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def forward():
         with torch.no_grad():
-            return fn(**dict(zip(diff, tensors, strict=False)), **fixed,
-                      temperature=TEMPERATURE, **options)
+            out = fn(**dict(zip(diff, tensors, strict=False)), **fixed,
+                     temperature=TEMPERATURE, **options)
+        sync()
+        return out
 
     def backward():
         leaves = [t.detach().requires_grad_() for t in tensors[: len(diff)]]
         out = fn(**dict(zip(diff, leaves, strict=True)), **fixed, temperature=TEMPERATURE,
                  **options)
         out.backward()
+        sync()
         return out
 
     value = float(forward())
@@ -119,48 +126,63 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args()
 
+    # On an accelerator both frameworks run there, and JAX is also timed at "highest" matmul
+    # precision: its default on recent NVIDIA GPUs is TF32, while torch's fp32 matmuls are not.
+    on_cpu = jax.default_backend() == "cpu"
+    device = "cpu" if on_cpu or not torch.cuda.is_available() else "cuda"
     x = make_inputs(args.batch, args.queue, args.dim)
     rows = []
+    ms = lambda s: f"{1e3 * s:.3g}"
     for name, (jfn, tfn, diff, other, options) in LOSSES.items():
         jv, compile_s, jf, jb = bench_jax(jfn, diff, other, options, x, args.repeats)
-        tv, tf, tb = bench_torch(tfn, diff, other, options, x, args.repeats)
-        ms = lambda s: f"{1e3 * s:.3g}"
-        rows.append(
-            f"| {name} | {ms(jf)} | {ms(tf)} | {tf / jf:.2f}x | {ms(jb)} | {ms(tb)} | "
-            f"{tb / jb:.2f}x | {compile_s:.1f} | {abs(jv - tv) / abs(tv):.1e} |"
-        )
+        tv, tf, tb = bench_torch(tfn, diff, other, options, x, args.repeats, device)
+        row = (f"| {name} | {ms(jf)} | {ms(tf)} | {tf / jf:.2f}x | {ms(jb)} | {ms(tb)} | "
+               f"{tb / jb:.2f}x | ")
+        if not on_cpu:
+            _, _, hf, hb = bench_jax(jfn, diff, other, options, x, args.repeats, "highest")
+            row += f"{ms(hf)} | {ms(hb)} | "
+        rows.append(row + f"{compile_s:.1f} | {abs(jv - tv) / abs(tv):.1e} |")
         print(rows[-1], flush=True)
+    highest = "" if on_cpu else "JAX fwd ms (highest) | JAX fwd+bwd ms (highest) | "
 
     body = "\n".join([
         f"B = {args.batch} anchors, K = {args.queue:,} queue keys, D = {args.dim}, float32, "
         f"tau = {TEMPERATURE}, {N_CLASSES} classes; full queue, no padding. Forward and "
         "forward+backward (gradient w.r.t. the batch features, not the queue). JAX: `jax.jit`; "
-        "PyTorch: the eager references in `baselines/torch_losses.py` (forward under "
-        f"`torch.no_grad()`). Median of {args.repeats} runs after one warm-up; ms per call.",
+        f"PyTorch ({device}): the eager references in `baselines/torch_losses.py` (forward under "
+        f"`torch.no_grad()`). Median of {args.repeats} runs after one warm-up; ms per call."
+        + ("" if on_cpu else " JAX columns without a note use its default matmul precision "
+           "(TF32 on recent NVIDIA GPUs); torch's fp32 matmuls do not use TF32."),
         "",
         f"Machine: {report.machine()}. Versions: "
         f"{report.versions('jax', 'jaxlib', 'optax', 'torch')}; torch threads "
         f"{torch.get_num_threads()}.",
         "",
         "| loss | JAX fwd ms | torch fwd ms | fwd speed-up | JAX fwd+bwd ms | torch fwd+bwd ms "
-        "| fwd+bwd speed-up | JAX compile s | rel. diff of values |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| fwd+bwd speed-up | {highest}JAX compile s | rel. diff of values |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if highest else ""),
         *rows,
         "",
         "The anchor-candidate matmul, (B, D) x (D, B + K), is "
         f"{2 * args.batch * args.dim * (args.batch + args.queue) / 1e9:.0f} GFLOP forward (about "
-        "twice that with the backward) and is most of `info_nce`; what separates the rows is the "
-        f"O(B (B + K)) = {args.batch * (args.batch + args.queue) / 1e6:.0f}M-element elementwise "
-        "work on top (label comparisons, class-weight gathers, the soft-target softmax, SoftCSE's "
+        "twice that with the backward)"
+        + (" and is most of `info_nce`; what separates the rows is the " if on_cpu else
+           "; the calls take well under a millisecond here, so kernel launches and dispatch "
+           "count and the figures are noisy (a forward can time above its forward+backward). "
+           "Besides the matmul each loss does ")
+        + f"O(B (B + K)) = {args.batch * (args.batch + args.queue) / 1e6:.0f}M-element elementwise "
+        "work (label comparisons, class-weight gathers, the soft-target softmax, SoftCSE's "
         "weights). The PyTorch references are written to be obviously correct and independent, "
         "not fast (they concatenate the queue to the batch keys, a full copy per call, and index "
-        "out excluded anchors): the speed-ups are against them, not against tuned PyTorch. The "
-        "machine is shared, so timings carry some noise.",
+        "out excluded anchors): the speed-ups are against them, not against tuned PyTorch."
+        + (" The machine is shared, so timings carry some noise." if on_cpu else ""),
     ])
     print("\n" + body)
     if not args.no_write:
-        report.write_section(TITLE, body)
-        print(f"\nwrote section '## {TITLE}' of {report.BENCHMARKS_MD}")
+        kind = jax.devices()[0].device_kind
+        title = TITLE if on_cpu else TITLE.replace("Losses", f"Losses on {kind}")
+        report.write_section(title, body)
+        print(f"\nwrote section '## {title}' of {report.BENCHMARKS_MD}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ Conventions shared by every contrastive loss here:
 
 * Pure functions of arrays: no state, jit/vmap/grad-safe. Python branches only on static
   arguments (``normalize``, ``mode``, ``reduction``, whether an optional array is ``None``).
-* Inputs of any float dtype are computed in (at least) float32; the loss is float32.
+* Inputs of any float dtype are computed in (at least) float32; the loss is float32. Matmuls use
+  JAX's default precision, which is TF32 on recent NVIDIA GPUs: on an H200 at B = 256,
+  K = 65,536, D = 768 the losses were within 5e-6 (relative) and the gradients within 1e-3 (of
+  their max) of full fp32; wrap the call in ``jax.default_matmul_precision("highest")`` for fp32.
 * Features are L2-normalised inside (``x / max(||x||, 1e-12)``) unless ``normalize=False``;
   then ``z_i . z_j / tau`` are the logits.
 * ``temperature`` may be a Python float or a traced scalar (a learnable temperature).
