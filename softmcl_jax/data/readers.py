@@ -4,8 +4,9 @@ Shared behaviour, so that no reader drops anything silently:
 
 * Every reader takes ``on_bad_row``: ``"raise"`` (default), ``"skip"``, or a ``BadRows`` object
   (pass the same one to several readers to collect all skips). A bad row raises ``DataError``
-  whose message starts ``PATH:LINE:`` (the line where the record starts) and says what is wrong;
-  with ``"skip"`` the row is left out, counted, logged, and each reader logs its count at the end.
+  whose message starts ``PATH:LINE:`` (the line where the record starts, or for bad UTF-8 the
+  line holding the bad bytes) and says what is wrong; with ``"skip"`` the row is left out,
+  counted, logged, and each reader logs its count at the end.
   Problems with the file as a whole (missing file, empty file, a header without a needed column)
   always raise: skipping them would skip everything.
 * Bad rows are: a wrong number of columns, an empty line, an empty text, a valence that is not a
@@ -252,27 +253,32 @@ def _finish(path: str, count: int, what: str, bad: BadRows) -> None:
 
 def _add_word(
     lexicon: dict[str, float],
-    first_line: dict[str, int],
+    seen: dict[str, tuple[int, str]],
     word: str,
     value: float,
+    raw: str,
     path: str,
     line: int,
     duplicates: str,
 ) -> bool:
-    """Add a lexicon entry; True when it overrode a different earlier value."""
+    """Add a lexicon entry; True when it overrode a different earlier value.
+
+    ``seen`` keeps (line, value as written) per word so that a conflict names both rows.
+    """
     if word in lexicon and lexicon[word] != value:
         if duplicates != "last":
+            first, written = seen[word]
             raise DataError(
                 path,
                 line,
-                f"word {word!r} listed twice with different values: {lexicon[word]:g} on line "
-                f"{first_line[word]}, {value:g} here (both normalised to [0, 1])",
+                f"word {word!r} listed twice with different values: {written.strip()} on line "
+                f"{first}, {raw.strip()} here",
             )
         lexicon[word] = value
-        first_line[word] = line
+        seen[word] = (line, raw)
         return True
     lexicon.setdefault(word, value)
-    first_line.setdefault(word, line)
+    seen.setdefault(word, (line, raw))
     return False
 
 
@@ -300,14 +306,15 @@ def read_warriner(
     low_high = _scale(scale)
     columns, rows = _csv_table(path, bad, (word_column, valence_column))
     lexicon: dict[str, float] = {}
-    first_line: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}
     for line, fields in rows:
         try:
             word = fields[columns[word_column]]
             if not word.strip():
                 raise DataError(path, line, "empty word")
-            value = _valence(fields[columns[valence_column]], low_high, path, line)
-            _add_word(lexicon, first_line, word, value, path, line, "raise")
+            raw = fields[columns[valence_column]]
+            value = _valence(raw, low_high, path, line)
+            _add_word(lexicon, seen, word, value, raw, path, line, "raise")
         except DataError as e:
             bad.handle(e)
     _finish(path, len(lexicon), "words", bad)
@@ -338,7 +345,7 @@ def read_vader_lexicon(
     path, bad = str(path), _policy(on_bad_row)
     low_high = _scale(scale)
     lexicon: dict[str, float] = {}
-    first_line: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}
     overridden: list[str] = []
     for line, text in _lines(path, bad):
         try:
@@ -350,7 +357,7 @@ def read_vader_lexicon(
             if not fields[0].strip():
                 raise DataError(path, line, "empty token")
             value = _valence(fields[1], low_high, path, line)
-            if _add_word(lexicon, first_line, fields[0], value, path, line, duplicates):
+            if _add_word(lexicon, seen, fields[0], value, fields[1], path, line, duplicates):
                 overridden.append(fields[0])
         except DataError as e:
             bad.handle(e)
