@@ -1,0 +1,60 @@
+"""Small heads that the methods put on top of the encoder's pooled or token vectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class MLPHead(nn.Module):
+    """``Dense(hidden) -> GELU -> Dense(out)``; with ``hidden == 0`` a single ``Dense(out)``.
+
+    Serves as the contrastive projection head (MoCo-v2/SimCLR style), the LCL weighting network
+    and, with ``hidden == 0``, a linear classifier.
+    """
+
+    out: int
+    hidden: int = 0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.normal(0.02)
+        if self.hidden:
+            x = jax.nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, kernel_init=init,
+                                     name="hidden")(x), approximate=False)
+        return nn.Dense(self.out, dtype=self.dtype, kernel_init=init, name="out")(x)
+
+
+def pool(hidden: jax.Array, attention_mask: jax.Array, how: str) -> jax.Array:
+    """(B, L, H) -> (B, H): ``"cls"`` (first token) or ``"mean"`` over real tokens, in fp32."""
+    hidden = hidden.astype(jnp.float32)
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "mean":
+        m = attention_mask[..., None].astype(jnp.float32)
+        return (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    raise ValueError(f"pooling must be 'cls' or 'mean', got {how!r}")
+
+
+def gather_words(hidden: jax.Array, token_mask: jax.Array, per_sentence: int
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The first ``per_sentence`` flagged tokens of each row, in a fixed-shape padded array.
+
+    Args:
+      hidden: (B, L, H) token vectors.
+      token_mask: (B, L) bool, tokens that carry a word valence.
+      per_sentence: W, tokens kept per row (rows with more are cut, rows with fewer padded).
+    Returns:
+      vectors (B * W, H), positions (B, W) int32, valid (B * W,) bool.
+    """
+    b, length = token_mask.shape
+    # Stable argsort of "not flagged" puts flagged positions first, in their original order.
+    order = jnp.argsort(~token_mask, axis=1, stable=True)[:, :per_sentence]
+    valid = jnp.take_along_axis(token_mask, order, axis=1)
+    vectors = jnp.take_along_axis(hidden, order[..., None], axis=1)
+    del length
+    return vectors.reshape(b * per_sentence, -1), order.astype(jnp.int32), valid.reshape(-1)
