@@ -2,13 +2,13 @@
 
 The loop this module is written for::
 
-    ckpt = Checkpointer(workdir + "/ckpt", every_steps=1000, keep=3)
-    state = init_state(...)                                   # sharded TrainState pytree
-    start = 0
-    if (last := ckpt.latest_step()) is not None:
-        state = ckpt.restore(last, abstract_like(state))      # same shardings as the fresh state
-        start = last
-    with PreemptionGuard() as guard:
+    with PreemptionGuard() as guard, Checkpointer(workdir + "/ckpt", every_steps=1000,
+                                                  keep=3) as ckpt:
+        state = init_state(...)                               # sharded TrainState pytree
+        start = 0
+        if (last := ckpt.latest_step()) is not None:
+            state = ckpt.restore(last, abstract_like(state))  # same shardings as the fresh state
+            start = last
         for step in range(start, total_steps):
             state, metrics = train_step(state, batch)
             done = step + 1                                   # steps completed == state.step
@@ -16,14 +16,17 @@ The loop this module is written for::
                 ckpt.save(done, state, force=True, meta={"data_position": ...})
                 break
             ckpt.save(done, state, meta=...)                  # a no-op unless done % every == 0
-    ckpt.close()                                              # waits for the last async save
+    # leaving the Checkpointer's block waits for the last async save: without that wait the
+    # checkpoint stays a temporary directory and the process dies in orbax's writer thread.
 
 Conventions: a checkpoint's step is the number of completed optimiser steps, so a run resumed from
 step ``s`` next executes step ``s`` (0-based) and logs it; pass ``s`` to
 ``MetricWriter.truncate_after``.
 
-Restoring with shardings: ``restore`` needs a pytree of ``jax.ShapeDtypeStruct`` *with*
-``.sharding`` set, otherwise orbax cannot lay the arrays out on the mesh. ``jax.eval_shape`` drops
+Restoring with shardings: give ``restore`` a pytree of ``jax.ShapeDtypeStruct`` *with*
+``.sharding`` set. Without it orbax falls back to the sharding recorded at save time, which only
+works on the very same devices (not after a topology change or on another host set).
+``jax.eval_shape`` drops
 shardings, so either build the abstract state from a concrete one (:func:`abstract_like`, cheap if
 the concrete state is the freshly initialised one you would otherwise train from) or attach
 shardings to ``jax.eval_shape``'s output (:func:`with_shardings`)::
@@ -128,11 +131,18 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             save_decision_policy=policy,
             create=True,
-            # A crash mid-write leaves a temporary directory behind; remove it on start.
+            # A crash mid-write leaves a temporary directory behind (ignored by restore, but a
+            # full state's worth of disk); remove it on start.
             cleanup_tmp_directories=True,
         )
         self._manager = ocp.CheckpointManager(directory, options=options,
                                               item_names=(_STATE, _META))
+        # orbax removes the temporary directories in a background thread that neither close()
+        # nor process exit waits for; a short-lived process (a resume probe, a tool reading
+        # latest_step) then dies with "cannot schedule new futures after shutdown". Wait here.
+        await_cleanup = getattr(self._manager, "_maybe_await_cleanup_tmp_directory", None)
+        if await_cleanup is not None:
+            await_cleanup()
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -225,7 +235,8 @@ class PreemptionGuard:
     On entry a SIGTERM handler is installed that only sets :attr:`requested`, so the signal never
     interrupts a step or a checkpoint write half way; the previous handler is put back on exit.
     Python runs signal handlers between bytecodes of the main thread, so the guard must be
-    entered there.
+    entered there. Enter it early (before the restore and the first compile, which take minutes
+    on big models): a SIGTERM before that kills the process with the default action.
 
     Multi-host: hosts may get the signal at different steps, and one host leaving the loop while
     the others run into a collective (or orbax's save barrier) deadlocks. JAX's preemption

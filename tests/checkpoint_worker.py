@@ -2,6 +2,7 @@
 
     python tests/checkpoint_worker.py roundtrip DIR   # save on an 8-device mesh, restore, compare
     python tests/checkpoint_worker.py preempt DIR     # fake train loop until SIGTERM, then save
+    python tests/checkpoint_worker.py crash DIR       # die while an async save is in flight
 
 XLA_FLAGS must be set by the caller: it is read when jax initialises its backends.
 """
@@ -9,6 +10,7 @@ XLA_FLAGS must be set by the caller: it is read when jax initialises its backend
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -135,5 +137,18 @@ def preempt(directory: str) -> None:
     ckpt.close()
 
 
+def crash(directory: str) -> None:
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    state = make_state(mesh)
+    ckpt = Checkpointer(directory, every_steps=5, keep=2, async_save=True)
+    assert ckpt.save(5, state)
+    ckpt.wait()
+    # A bigger state so the write is still in flight when the process dies.
+    big = state.replace(queue=jnp.zeros((1 << 22, 4)))
+    assert ckpt.save(10, big)
+    print("SAVING", flush=True)
+    os._exit(3)  # no wait(), no close(): as a kill -9 or an OOM
+
+
 if __name__ == "__main__":
-    {"roundtrip": roundtrip, "preempt": preempt}[sys.argv[1]](sys.argv[2])
+    {"roundtrip": roundtrip, "preempt": preempt, "crash": crash}[sys.argv[1]](sys.argv[2])

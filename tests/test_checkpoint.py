@@ -71,6 +71,19 @@ def test_sigterm_saves_current_step_and_exits_cleanly(tmp_path):
     ckpt.close()
 
 
+def test_crash_mid_save_leaves_previous_checkpoint(tmp_path):
+    directory = tmp_path / "ckpt"
+    r = subprocess.run([sys.executable, WORKER, "crash", str(directory)], env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and "SAVING" in r.stdout, r.stderr[-4000:]
+    leftovers = sorted(os.listdir(directory))
+    ckpt = Checkpointer(str(directory), every_steps=5, keep=2)
+    # The unfinished step 10 is not a checkpoint, and its temporary directory is cleaned up.
+    assert ckpt.all_steps() == [5] and ckpt.latest_step() == 5, leftovers
+    assert sorted(os.listdir(directory)) == ["5"], leftovers
+    ckpt.close()
+
+
 def test_interval_and_keep(tmp_path):
     ckpt = Checkpointer(str(tmp_path / "c"), every_steps=3, keep=2, async_save=True)
     assert ckpt.latest_step() is None
