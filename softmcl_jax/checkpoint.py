@@ -154,6 +154,10 @@ class Checkpointer:
         """Every checkpoint step present, ascending."""
         return sorted(self._manager.all_steps())
 
+    def should_save(self, step: int) -> bool:
+        """Whether ``save(step, ...)`` would save (to skip building an expensive ``meta``)."""
+        return self._manager.should_save(step)
+
     # --- save / restore --------------------------------------------------------------------
 
     def save(self, step: int, state: Any, *, force: bool = False,

@@ -87,6 +87,7 @@ def test_crash_mid_save_leaves_previous_checkpoint(tmp_path):
 def test_interval_and_keep(tmp_path):
     ckpt = Checkpointer(str(tmp_path / "c"), every_steps=3, keep=2, async_save=True)
     assert ckpt.latest_step() is None
+    assert [s for s in range(1, 11) if ckpt.should_save(s)] == [3, 6, 9]
     saved = [s for s in range(1, 11) if ckpt.save(s, {"x": jnp.full((4,), s, jnp.float32)})]
     ckpt.wait()
     assert saved == [3, 6, 9]  # no orbax "initial save" at step 1
