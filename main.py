@@ -21,6 +21,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # orbax logs every file it renames through absl at INFO; keep the run's own log readable.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     from softmcl_jax import loop
 
     loop.run(_CONFIG.value, _WORKDIR.value)

