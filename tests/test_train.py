@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import jax.numpy as jnp
@@ -159,3 +160,22 @@ def test_every_method_trains_and_exports(config, extra, model_dir, tmp_path):
     model, info = transformers.AutoModel.from_pretrained(os.path.join(workdir, "export"),
                                                          output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_export_cli_matches_end_of_run_export(model_dir, tmp_path):
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "exported")
+    tu.run_main("softmcl.py", workdir, model_dir, **dict(tu.SOFTMCL_TINY, total_steps=4))
+    proc = subprocess.run([sys.executable, "-m", "softmcl_jax.export", f"--workdir={workdir}",
+                           f"--out={out}"], env=tu.env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(os.path.join(workdir, "export", "model.safetensors"))
+    b = load_file(os.path.join(out, "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # sentence-transformers reads it as a plain transformers folder (mean pooling).
+    from sentence_transformers import SentenceTransformer
+
+    emb = SentenceTransformer(out, device="cpu").encode(["a happy day", "a sad day"])
+    assert emb.shape == (2, 64) and np.all(np.isfinite(emb))

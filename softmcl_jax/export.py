@@ -1,0 +1,61 @@
+"""Write a trained encoder as a Hugging Face checkpoint.
+
+    python -m softmcl_jax.export --workdir=WORKDIR --out=DIR [--step=N] [--with_mlm_head]
+
+Reads ``WORKDIR/config.json`` (written by the trainer) to rebuild the model, restores the newest
+(or the given) checkpoint onto one device, and writes ``config.json``, ``model.safetensors`` and
+the tokenizer files: ``transformers.AutoModel.from_pretrained(DIR)`` and
+``sentence_transformers.SentenceTransformer(DIR)`` load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import jax
+import ml_collections
+
+from softmcl_jax import loop, sharding, train
+from softmcl_jax.models import save_pretrained
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, loop.CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: missing; is {workdir} a softmcl_jax workdir?")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def export(workdir: str, out: str, *, step: int | None = None,
+           with_mlm_head: bool = False) -> str:
+    config = load_config(workdir)
+    pretrained, _, model = loop.setup_model(config)
+    tx, _ = train.make_optimizer(config)
+    host_state = train.init_state(model, config, tx, config.batch_size)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_state)
+    del host_state
+    mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
+    target = train.abstract_with_shardings(abstract, train.state_shardings(abstract, mesh))
+    ckpt = loop.checkpointer(config, workdir)
+    state = ckpt.restore(step, target)
+    ckpt.close()
+    return save_pretrained(pretrained, jax.device_get(state.params["encoder"]), out,
+                           with_mlm_head=with_mlm_head)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--step", type=int, default=None, help="default: the newest checkpoint")
+    p.add_argument("--with_mlm_head", action="store_true",
+                   help="write the *ForMaskedLM layout (AutoModelForMaskedLM)")
+    a = p.parse_args(argv)
+    print(export(a.workdir, a.out, step=a.step, with_mlm_head=a.with_mlm_head))
+
+
+if __name__ == "__main__":
+    main()
