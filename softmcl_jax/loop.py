@@ -145,14 +145,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     step_fn = train.jit_train_step(model, config, tx, schedule, shardings, mesh)
     keys = methods.BATCH_KEYS[config.method]
 
-    writer = MetricWriter(workdir)
+    chief = jax.process_index() == 0  # one host writes metrics, the export and the probe line
+    writer = MetricWriter(workdir, active=chief)
     writer.truncate_after(start + 1)  # we log 1-based steps: keep 1..start
     result: dict[str, Any] = {"start_step": start}
     if probe is not None:
         result["probe_before"] = run_probe(config, pretrained, pretrained.params, tokenizer, probe)
 
     batches = pipeline.iterate(start_step=start)
-    bar = ProgressBar(total=config.total_steps, initial=start)
+    bar = ProgressBar(total=config.total_steps, initial=start, enabled=chief)
     step = start
     t0 = time.perf_counter()
     with PreemptionGuard() as guard:
@@ -177,7 +178,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.close()
     result["steps_per_s"] = (step - start) / max(time.perf_counter() - t0, 1e-9)
 
-    encoder_params = jax.device_get(state.params["encoder"])
+    encoder_params = state.params["encoder"]
+    if jax.process_count() > 1:  # shards on other hosts are not addressable here
+        from jax.experimental import multihost_utils
+
+        encoder_params = multihost_utils.process_allgather(encoder_params, tiled=True)
+    encoder_params = jax.device_get(encoder_params)
+    if not chief:
+        ckpt.close()
+        return result
     if config.export.enabled:
         out = save_pretrained(pretrained, encoder_params, os.path.join(workdir, "export"))
         log.info("exported the encoder (Hugging Face format) to %s", out)
