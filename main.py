@@ -14,6 +14,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuratio
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdir",
                                 "Where checkpoints, metrics and the export go.")
+# Multi-host: on a TPU VM pod slice `--distributed` alone suffices (JAX finds its peers); on GPU
+# nodes give the coordinator, the process count and this process's id.
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
 def main(argv: list[str]) -> None:
@@ -21,6 +27,12 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if _DISTRIBUTED.value:
+        import jax
+
+        jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                                   num_processes=_NUM_PROCESSES.value,
+                                   process_id=_PROCESS_ID.value)
     # orbax logs every file it renames through absl at INFO; keep the run's own log readable.
     logging.getLogger("absl").setLevel(logging.WARNING)
     from softmcl_jax import loop

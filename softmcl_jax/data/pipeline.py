@@ -9,10 +9,10 @@
 
 Everything about the batch at global step ``s`` is a pure function of ``(seed, s)`` and the
 process's index: the epoch is ``s // steps_per_epoch``, its order a permutation drawn from
-``(seed, epoch)``, the MLM masks are drawn from ``(seed, s, process_index)``. So
-``pipe.batch(s)`` is the same whether the run started at 0 or resumed at ``s``, and a resumed
-run is exact (for the same process count; with a different count the rows are the same but each
-host masks a different shard, so the masks differ).
+``(seed, epoch)``, the MLM masks of the whole global batch are drawn from ``(seed, s)`` and each
+process keeps its rows. So ``pipe.batch(s)`` is the same whether the run started at 0 or resumed
+at ``s``, a resumed run is exact, and the global batch (masks included) does not depend on the
+number of processes sharing it.
 
 **Sharding.** Every process holds the whole encoded data (encoding is deterministic) and takes,
 from each global batch of ``global_batch_size`` rows, the contiguous block
@@ -273,22 +273,25 @@ class Pipeline:
             raise IndexError(f"step {step} outside [0, {self.num_steps})")
         idx, valid = self.global_indices(step)
         b = self.local_batch_size
-        lo = self.process_index * b
-        idx, valid = idx[lo:lo + b], valid[lo:lo + b]
-        out = {k: v[idx] for k, v in self.arrays.items()}
-        out["valid"] = valid
-        if not valid.all():
+        mine = slice(self.process_index * b, (self.process_index + 1) * b)
+        out = {k: v[idx[mine]] for k, v in self.arrays.items()}
+        out["valid"] = valid[mine]
+        if not out["valid"].all():
             for k, fill in _NO_SUPERVISION.items():
                 if k in out:
-                    out[k][~valid] = fill
+                    out[k][~out["valid"]] = fill
         if self.masking is not None:
+            # Every process draws the masks of the whole global batch from (seed, step) and keeps
+            # its rows: the corruption of an example then does not depend on how many processes
+            # share the batch, so a 2-process run computes what a 1-process run does.
             m = self.masking
             ids, labels = mask_tokens(
-                out["input_ids"], out["special_tokens_mask"], mask_token_id=m.mask_token_id,
-                vocab_size=m.vocab_size, special_ids=m.special_ids, rate=m.rate,
-                mask_fraction=m.mask_fraction, random_fraction=m.random_fraction,
-                seed=self.seed, step=step, process_index=self.process_index)
-            labels[~valid] = -100
+                self.arrays["input_ids"][idx], self.arrays["special_tokens_mask"][idx],
+                mask_token_id=m.mask_token_id, vocab_size=m.vocab_size,
+                special_ids=m.special_ids, rate=m.rate, mask_fraction=m.mask_fraction,
+                random_fraction=m.random_fraction, seed=self.seed, step=step, process_index=0)
+            ids, labels = ids[mine], labels[mine]
+            labels[~out["valid"]] = -100
             out["mlm_input_ids"], out["mlm_labels"] = ids, labels
         return out
 
