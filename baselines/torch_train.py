@@ -493,6 +493,7 @@ def main(argv: list[str]) -> None:
 
     f = flags.FLAGS
     config = f.config
+    transformers.utils.logging.disable_progress_bar()  # keep the step lines readable
     steps = f.steps if f.steps is not None else config.total_steps
     workdir = f.workdir or os.path.join("workdir", f"torch_{config.method}")
     os.makedirs(workdir, exist_ok=True)
