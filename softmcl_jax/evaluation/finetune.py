@@ -33,13 +33,15 @@ def _tokenize(tokenizer: Any, texts: Sequence[str], max_len: int) -> tuple[np.nd
 
 
 def finetune_classifier(pretrained: Pretrained, tokenizer: Any, train_texts: Sequence[str],
-                        train_labels: Sequence[int], eval_texts: Sequence[str], *,
-                        num_labels: int, steps: int, learning_rate: float = 2e-5,
-                        batch_size: int = 32, max_len: int = 128, pooling: str = "mean",
-                        weight_decay: float = 0.01, seed: int = 0, progress: bool = True
-                        ) -> np.ndarray:
-    """Fine-tune a copy of ``pretrained.params`` plus a linear head; return the eval predictions.
+                        train_labels: Sequence[int], *, num_labels: int, steps: int,
+                        learning_rate: float = 2e-5, batch_size: int = 32, max_len: int = 128,
+                        pooling: str = "mean", weight_decay: float = 0.01, seed: int = 0,
+                        progress: bool = True) -> tuple[Any, dict[str, np.ndarray]]:
+    """Fine-tune a copy of ``pretrained.params`` plus a linear head on the pooled embedding.
 
+    Returns (encoder params, head ``{"kernel": (H, C), "bias": (C,)}``): logits are
+    ``pooled @ kernel + bias``. Predictions go through the suite's ``Encoder`` with the tuned
+    params, which reuses the embedding functions already compiled for the frozen tasks.
     ``pretrained.params`` themselves are not modified (the step donates its own copy).
     """
     if steps < 1:
@@ -67,24 +69,19 @@ def finetune_classifier(pretrained: Pretrained, tokenizer: Any, train_texts: Seq
                     mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)))
     opt_state = tx.init(params)
 
-    def logits_fn(p: Any, ids: jax.Array, mask: jax.Array, train: bool,
-                  rng: jax.Array | None) -> jax.Array:
-        h = pretrained.encode(p["encoder"], ids, mask, train=train,
-                              rngs={"dropout": rng} if train else None)
-        pooled = _pool(h, mask, pooling)
-        return pooled @ p["head"]["kernel"] + p["head"]["bias"]
+    def loss_fn(p: Any, ids: jax.Array, mask: jax.Array, y: jax.Array,
+                rng: jax.Array) -> jax.Array:
+        h = pretrained.encode(p["encoder"], ids, mask, train=True, rngs={"dropout": rng})
+        logits = _pool(h, mask, pooling) @ p["head"]["kernel"] + p["head"]["bias"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     def step_fn(p: Any, s: Any, ids: jax.Array, mask: jax.Array, y: jax.Array, step: jax.Array):
-        def loss_fn(q: Any) -> jax.Array:
-            logits = logits_fn(q, ids, mask, True, jax.random.fold_in(dropout_key, step))
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(p)
+        rng = jax.random.fold_in(dropout_key, step)
+        loss, grads = jax.value_and_grad(loss_fn)(p, ids, mask, y, rng)
         updates, s = tx.update(grads, s, p)
         return optax.apply_updates(p, updates), s, loss
 
     train_step = jax.jit(step_fn, donate_argnums=(0, 1))
-    predict = jax.jit(lambda p, ids, mask: jnp.argmax(logits_fn(p, ids, mask, False, None), -1))
 
     rng = np.random.default_rng(seed)
     order = np.zeros(0, np.int64)
@@ -104,12 +101,5 @@ def finetune_classifier(pretrained: Pretrained, tokenizer: Any, train_texts: Seq
     if loss is not None:
         log.info("fine-tuning: %d steps, final training loss %.4f", steps, float(loss))
 
-    eval_ids, eval_mask = _tokenize(tokenizer, eval_texts, max_len)
-    m = len(eval_ids)
-    pad = -m % bs
-    if pad:
-        eval_ids = np.concatenate([eval_ids, np.zeros((pad, max_len), np.int32)])
-        eval_mask = np.concatenate([eval_mask, np.zeros((pad, max_len), np.int32)])
-    preds = [predict(params, eval_ids[i:i + bs], eval_mask[i:i + bs])
-             for i in range(0, len(eval_ids), bs)]
-    return np.asarray(jnp.concatenate(preds))[:m]
+    # The encoder stays on the device (the caller embeds with it); the head is tiny.
+    return params["encoder"], {k: np.asarray(v) for k, v in params["head"].items()}

@@ -146,11 +146,16 @@ def sst_finetune(ctx: Context, name: str) -> TaskResult:
     c, enc = ctx.config, ctx.encoder
     # Fine-tuning needs no selection split: train on all of the (capped) train file.
     train = d.train + d.select if d.eval_split == "dev" else d.train
-    pred = finetune_classifier(
+    tuned, head = finetune_classifier(
         ctx.pretrained, ctx.tokenizer, [s.text for s in train], [s.label for s in train],
-        [s.text for s in d.eval], num_labels=num_labels, steps=c.finetune_steps,
-        learning_rate=c.finetune_lr, batch_size=c.finetune_batch_size, max_len=enc.max_len,
-        pooling=enc.pooling, seed=c.seed, progress=c.progress)
+        num_labels=num_labels, steps=c.finetune_steps, learning_rate=c.finetune_lr,
+        batch_size=c.finetune_batch_size, max_len=enc.max_len, pooling=enc.pooling,
+        seed=c.seed, progress=c.progress)
+    # Inference through a fresh Encoder (own cache) on the tuned weights: same jitted functions.
+    tuned_enc = Encoder(ctx.pretrained, tuned, ctx.tokenizer, pooling=enc.pooling,
+                        max_len=enc.max_len, batch_size=enc.batch_size, progress=c.progress)
+    x = tuned_enc.sentences([s.text for s in d.eval], f"{name} {d.eval_split}")
+    pred = (x @ head["kernel"] + head["bias"]).argmax(axis=1)
     gold = np.asarray([s.label for s in d.eval])
     metrics = {"acc": float(accuracy_score(gold, pred)),
                "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0))}
