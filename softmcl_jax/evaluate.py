@@ -262,6 +262,11 @@ def run_suite(checkpoint: str, tasks: Sequence[str] | None, config: Any, *,
     path = _resolve_checkpoint(checkpoint)
     pretrained = from_pretrained(path, dtype=DTYPES[dtype], seed=config.seed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained.tokenizer_path or path)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and limit < max_len:  # unset limits are huge sentinels
+        log.info("max_len %d > the tokenizer's model_max_length %d: using %d", max_len, limit,
+                 limit)
+        max_len = limit
     encoder = Encoder(pretrained, pretrained.params, tokenizer, pooling=pooling, max_len=max_len,
                       batch_size=batch_size, progress=config.progress)
     ctx = Context(encoder, pretrained, tokenizer, config)
