@@ -15,6 +15,9 @@ def get_base() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 100
     c.keep_checkpoints = 2
     c.async_checkpointing = True
+    # Where checkpoints go; "" = WORKDIR/checkpoints. Multi-host runs need storage every host sees
+    # (e.g. gs://bucket/run/checkpoints; orbax writes it through tensorstore).
+    c.checkpoint_dir = ""
     c.log_every_steps = 10
 
     c.model = ml_collections.ConfigDict()

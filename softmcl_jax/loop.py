@@ -58,7 +58,8 @@ def setup_model(config: ml_collections.ConfigDict):
 
 
 def checkpointer(config: ml_collections.ConfigDict, workdir: str) -> Checkpointer:
-    return Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+    directory = config.checkpoint_dir or os.path.join(os.path.abspath(workdir), "checkpoints")
+    return Checkpointer(directory,
                         every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
                         async_save=config.async_checkpointing)
 
@@ -119,8 +120,9 @@ def run_probe(config, pretrained, params, tokenizer, probe: evaluate.ProbeSplit)
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train ``config.method`` in ``workdir`` (resuming if it holds checkpoints)."""
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))  # for export.py and for the record
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))  # for export.py and for the record
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     _check(config, mesh)
     pretrained, tokenizer, model = setup_model(config)
