@@ -428,17 +428,22 @@ class TorchTrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        with torch.no_grad():
-            if self.ema is not None:
-                mu = self.config.momentum.decay
-                for e, p in zip(self.ema.parameters(), self.params, strict=True):
-                    e.mul_(mu).add_(p, alpha=1.0 - mu)
-            for name, q in self.queues.items():
-                q.push(*enqueue[name])
+        self.update_momentum_and_queues(enqueue)
         self.step_count += 1
         out = {k: float(v.detach()) for k, v in metrics.items()}
         out.update(loss=float(loss.detach()), grad_norm=float(grad_norm), learning_rate=lr)
         return out
+
+    @torch.no_grad()
+    def update_momentum_and_queues(self, enqueue: Mapping[str, tuple[Tensor, Tensor, Tensor]]
+                                   ) -> None:
+        """After the update: ``ema = mu * ema + (1 - mu) * params``, then the queue writes."""
+        if self.ema is not None:
+            mu = self.config.momentum.decay
+            for e, p in zip(self.ema.parameters(), self.params, strict=True):
+                e.mul_(mu).add_(p, alpha=1.0 - mu)
+        for name, q in self.queues.items():
+            q.push(*enqueue[name])
 
     @torch.no_grad()
     def embed(self, tokenizer: Any, texts: list[str], *, max_len: int, batch_size: int = 64
@@ -449,7 +454,8 @@ class TorchTrainer:
         enc.eval()
         out = []
         for i in range(0, len(texts), batch_size):
-            t = tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
+            # Padded to max_len like softmcl_jax.evaluate.embed_texts (same shapes to compare).
+            t = tokenizer(texts[i:i + batch_size], padding="max_length", truncation=True,
                           max_length=max_len, return_tensors="pt").to(self.device)
             h = enc(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
             out.append(pool(h, t["attention_mask"], self.pooling).cpu().numpy())
