@@ -294,7 +294,6 @@ def run_suite(checkpoint: str, tasks: Sequence[str] | None, config: Any, *,
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The CLI; returns the JSON-able results (also written to ``--output``)."""
     import argparse
-    import logging
     import os
 
     from softmcl_jax.evaluation import DEFAULT_TASKS, SLOW_TASKS, SuiteConfig, report

@@ -17,8 +17,9 @@ import numpy as np
 
 from softmcl_jax.evaluation.metrics import correlation
 
-C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
-ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+# Decades wide enough that MiniLM's choices (C ~ 1e-3, alpha ~ 1e4 at 2k examples) are inside.
+C_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
+ALPHA_GRID = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 FEWSHOT_C = 1.0  # few-shot has no dev set to choose on: scikit-learn's default, fixed
 
 
@@ -36,13 +37,16 @@ def _classification_scores(gold: np.ndarray, pred: np.ndarray) -> dict[str, floa
             "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0))}
 
 
-def _logistic(c: float, seed: int):
+def _logistic(c: float, seed: int, features: str = "standardise"):
+    """Logistic regression after standardising (full probes) or L2-normalising (few-shot:
+    feature statistics from 16 examples are noise, and unit vectors make a fixed C mean the
+    same for every encoder whatever its embedding scale)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import Normalizer, StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000,
-                                                              random_state=seed))
+    prep = StandardScaler() if features == "standardise" else Normalizer()
+    return make_pipeline(prep, LogisticRegression(C=c, max_iter=2000, random_state=seed))
 
 
 def logistic_probe(train_x: np.ndarray, train_y: np.ndarray, select_x: np.ndarray,
@@ -113,8 +117,9 @@ def sample_per_class(labels: Sequence[int], k: int, seed: int) -> np.ndarray:
 def fewshot_probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
                   eval_y: np.ndarray, *, ks: Sequence[int], seeds: Sequence[int]
                   ) -> tuple[dict[str, float], list[str]]:
-    """Accuracy of a logistic regression (C = ``FEWSHOT_C``) on ``k`` examples per class, mean
-    and population std over ``seeds``, for each ``k``: metrics ``acc_k{k}_mean``/``_std``.
+    """Accuracy of a logistic regression (L2-normalised inputs, C = ``FEWSHOT_C``) on ``k``
+    examples per class, mean and population std over ``seeds``, for each ``k``: metrics
+    ``acc_k{k}_mean``/``_std``.
 
     A ``k`` that some class cannot supply is skipped; the second return value says which.
     """
@@ -126,7 +131,8 @@ def fewshot_probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray,
         try:
             for seed in seeds:
                 idx = sample_per_class(train_y, k, seed)
-                model = _logistic(FEWSHOT_C, seed).fit(train_x[idx], np.asarray(train_y)[idx])
+                model = _logistic(FEWSHOT_C, seed, "l2").fit(train_x[idx],
+                                                             np.asarray(train_y)[idx])
                 accs.append(float((model.predict(eval_x) == eval_y).mean()))
         except ValueError as e:
             skipped.append(f"k={k}: {e}")

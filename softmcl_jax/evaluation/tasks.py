@@ -5,8 +5,8 @@ task                      what                                                  
 ========================  ==========================================================  =========
 sst2, sst5                logistic-regression probe on the pooled sentence vector     acc,
                                                                                       macro_f1
-sst2_fewshot,             the same probe from k examples per class (C fixed), mean    acc_k{k}_
-sst5_fewshot              and std over seeds                                          mean/std
+sst2_fewshot,             logistic regression from k examples per class (unit         acc_k{k}_
+sst5_fewshot              vectors, C fixed), mean and std over seeds                  mean/std
 sst2_finetune,            full fine-tuning, encoder + linear head (slow; not in the   acc,
 sst5_finetune             default list)                                               macro_f1
 emobank                   ridge probe of sentence valence                             pearson,
@@ -129,8 +129,9 @@ def sst_fewshot(ctx: Context, name: str) -> TaskResult:
         train_x, np.asarray([s.label for s in d.train]), eval_x,
         np.asarray([s.label for s in d.eval]), ks=ctx.config.fewshot_k,
         seeds=ctx.config.fewshot_seeds)
-    notes = (f"logistic regression, C={FEWSHOT_C:g} fixed; k per class from train "
-             f"(n={len(d.train)}), seeds {','.join(map(str, ctx.config.fewshot_seeds))}")
+    seeds = ",".join(map(str, ctx.config.fewshot_seeds))
+    notes = (f"logistic regression on L2-normalised vectors, C={FEWSHOT_C:g} fixed; k per class "
+             f"from train (n={len(d.train)}), seeds {seeds}")
     if skipped:
         notes += "; skipped " + "; ".join(skipped)
     return TaskResult(name, d.eval_split, len(d.eval), metrics, notes)
