@@ -132,34 +132,15 @@ class SelfAttention(_Common):
         return ctx.reshape(*ctx.shape[:-2], c.hidden_size)
 
 
-class AddNorm(_Common):
-    """``dense -> dropout -> LayerNorm(. + residual)``: BERT's SelfOutput and Output blocks."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array, residual: jax.Array, *, train: bool) -> jax.Array:
-        c = self.config
-        y = layers.dense(c.hidden_size, "dense", **self._kw())(x)
-        y = nn.Dropout(c.hidden_dropout_prob)(y, deterministic=not train)
-        y = layers.layer_norm("LayerNorm", eps=c.layer_norm_eps, param_dtype=self.param_dtype)(
-            y.astype(jnp.float32) + residual.astype(jnp.float32))
-        return y.astype(self.dtype)
-
 
 class Attention(_Common):
     @nn.compact
     def __call__(self, x: jax.Array, bias: jax.Array, *, train: bool) -> jax.Array:
         ctx = SelfAttention(self.config, self.dtype, self.param_dtype, name="self")(
             x, bias, train=train)
-        return AddNorm(self.config, self.dtype, self.param_dtype, name="output")(
+        return layers.AddNorm(self.config, self.dtype, self.param_dtype, name="output")(
             ctx, x, train=train)
 
-
-class Intermediate(_Common):
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c = self.config
-        y = layers.dense(c.intermediate_size, "dense", **self._kw())(x)
-        return layers.activation(c.hidden_act)(y)
 
 
 class Layer(_Common):
@@ -168,8 +149,8 @@ class Layer(_Common):
     def __call__(self, x: jax.Array, bias: jax.Array, train: bool) -> jax.Array:
         args = (self.config, self.dtype, self.param_dtype)
         x = Attention(*args, name="attention")(x, bias, train=train)
-        y = Intermediate(*args, name="intermediate")(x)
-        return AddNorm(*args, name="output")(y, x, train=train)
+        y = layers.Intermediate(*args, name="intermediate")(x)
+        return layers.AddNorm(*args, name="output")(y, x, train=train)
 
 
 class Encoder(_Common):

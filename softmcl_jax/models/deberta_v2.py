@@ -260,32 +260,14 @@ class DisentangledSelfAttention(_Common):
         return ctx.reshape(*ctx.shape[:-2], c.hidden_size)
 
 
-class AddNorm(_Common):
-    """``dense -> dropout -> LayerNorm(. + residual)``: SelfOutput and Output."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array, residual: jax.Array, *, train: bool) -> jax.Array:
-        c = self.config
-        y = layers.dense(c.hidden_size, "dense", **self._kw())(x)
-        y = nn.Dropout(c.hidden_dropout_prob)(y, deterministic=not train)
-        y = self._norm("LayerNorm")(y.astype(jnp.float32) + residual.astype(jnp.float32))
-        return y.astype(self.dtype)
-
 
 class Attention(_Common):
     @nn.compact
     def __call__(self, x, mask, rel_emb, *, train: bool) -> jax.Array:
         args = (self.config, self.dtype, self.param_dtype)
         ctx = DisentangledSelfAttention(*args, name="self")(x, mask, rel_emb, train=train)
-        return AddNorm(*args, name="output")(ctx, x, train=train)
+        return layers.AddNorm(*args, name="output")(ctx, x, train=train)
 
-
-class Intermediate(_Common):
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        c = self.config
-        return layers.activation(c.hidden_act)(
-            layers.dense(c.intermediate_size, "dense", **self._kw())(x))
 
 
 class Layer(_Common):
@@ -294,8 +276,8 @@ class Layer(_Common):
     def __call__(self, x, mask, rel_emb, train: bool) -> jax.Array:
         args = (self.config, self.dtype, self.param_dtype)
         x = Attention(*args, name="attention")(x, mask, rel_emb, train=train)
-        y = Intermediate(*args, name="intermediate")(x)
-        return AddNorm(*args, name="output")(y, x, train=train)
+        y = layers.Intermediate(*args, name="intermediate")(x)
+        return layers.AddNorm(*args, name="output")(y, x, train=train)
 
 
 class ConvLayer(_Common):

@@ -142,3 +142,39 @@ def multi_head_attention(
     if dropout is not None:
         probs = dropout(probs, deterministic=not train)
     return jnp.einsum("bnqk,bknd->bqnd", probs.astype(v.dtype), v)
+
+
+class AddNorm(nn.Module):
+    """``dense -> dropout -> LayerNorm(. + residual)``: the SelfOutput/Output block of BERT-style
+    layers (BERT, RoBERTa, ELECTRA, DeBERTa). ``config`` needs ``hidden_size``,
+    ``hidden_dropout_prob``, ``layer_norm_eps`` and ``initializer_range``.
+    """
+
+    config: Any
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, residual: jax.Array, *, train: bool) -> jax.Array:
+        c = self.config
+        y = dense(c.hidden_size, "dense", init_std=c.initializer_range, dtype=self.dtype,
+                  param_dtype=self.param_dtype)(x)
+        y = nn.Dropout(c.hidden_dropout_prob)(y, deterministic=not train)
+        y = layer_norm("LayerNorm", eps=c.layer_norm_eps, param_dtype=self.param_dtype)(
+            y.astype(jnp.float32) + residual.astype(jnp.float32))
+        return y.astype(self.dtype)
+
+
+class Intermediate(nn.Module):
+    """``dense(intermediate_size) -> hidden_act``; ``config`` as for :class:`AddNorm`."""
+
+    config: Any
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        y = dense(c.intermediate_size, "dense", init_std=c.initializer_range, dtype=self.dtype,
+                  param_dtype=self.param_dtype)(x)
+        return activation(c.hidden_act)(y)
