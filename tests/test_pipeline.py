@@ -288,3 +288,5 @@ def test_device_put_to_a_sharding():
     for k, v in b.items():
         assert isinstance(v, jax.Array) and v.sharding == sharding, k
         np.testing.assert_array_equal(np.asarray(v), ref[k])
+    with pytest.raises(ValueError, match="simulated"):
+        pipe(sharding=sharding, process_index=0, process_count=2)

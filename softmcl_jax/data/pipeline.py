@@ -204,6 +204,13 @@ class Pipeline:
 
             process_index = jax.process_index() if process_index is None else process_index
             process_count = jax.process_count() if process_count is None else process_count
+        if sharding is not None:
+            import jax  # noqa: PLC0415
+
+            if process_count != jax.process_count():
+                # make_array_from_process_local_data assembles the real processes' shards.
+                raise ValueError(f"process_count {process_count} is simulated (JAX has "
+                                 f"{jax.process_count()}); sharding needs the real one")
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         if global_batch_size <= 0 or global_batch_size % process_count:
