@@ -206,19 +206,6 @@ class Queue:
         self.ptr = (self.ptr + n) % self.keys.shape[0]
 
 
-def queue_sizes(config: Any, global_batch: int) -> dict[str, tuple[int, int]]:
-    """Queue name -> (K, keys written per step), checked as ``softmcl_jax.train.queue_sizes``."""
-    if config.method != "softmcl":
-        return {}
-    per_step = {"sentence": global_batch,
-                "word": global_batch * config.word_level.max_words_per_sentence}
-    sizes = {"sentence": config.queue.sentence_size, "word": config.queue.word_size}
-    for name, k in sizes.items():
-        if k <= 0 or k % per_step[name]:
-            raise ValueError(f"config.queue.{name}_size={k} must be a positive multiple of the "
-                             f"keys written per step ({per_step[name]})")
-    return {n: (sizes[n], per_step[n]) for n in sizes}
-
 
 # ------------------------------------------------------------------------------------- methods
 
@@ -379,6 +366,10 @@ class TorchTrainer:
         self.ema = self._frozen_copy(self.online) if self.method == "softmcl" else None
         self.frozen = (self._frozen_copy(nn.ModuleDict({"encoder": encoder}))
                        if self.method == "retrofit" else None)
+        # The same start-up check (and message) as the JAX trainer: it is config validation,
+        # not computation, so the reference need not restate it.
+        from softmcl_jax.train import queue_sizes
+
         self.queues = {
             name: Queue(keys=torch.zeros(k, config.head.dim, device=self.device),
                         values=torch.zeros(k, device=self.device),
