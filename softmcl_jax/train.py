@@ -163,7 +163,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: methods
         # ema <- mu * ema + (1 - mu) * params
         ema = optax.incremental_update(params, ema, step_size=1.0 - config.momentum.decay)
     queues = {n: enqueue(q, *to_enqueue[n]) for n, q in state.queues.items()}
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                    learning_rate=schedule(state.step))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema, queues=queues)
