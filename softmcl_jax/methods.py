@@ -72,13 +72,6 @@ def make_heads(config: ml_collections.ConfigDict, hidden_size: int) -> dict[str,
     raise ValueError(f"method={method!r} is not one of {sorted(METHODS)}")
 
 
-def _queue_args(state: Any, name: str) -> dict[str, Any]:
-    q = state.queues.get(name) if state.queues else None
-    if q is None:
-        return {}
-    return {"queue_keys": q.keys, "queue_valid": q.valid}
-
-
 def softmcl(model: Model, config, params, state, batch, rng):
     """SoftMCL: MLM + word-level and sentence-level soft-label contrast against momentum keys.
 
@@ -145,8 +138,7 @@ def _two_views(model: Model, config, params, batch, rng):
 
 def simcse(model: Model, config, params, state, batch, rng):
     q, k = _two_views(model, config, params, batch, rng)
-    loss = losses.info_nce(q, k, temperature=config.loss.temperature, valid=batch["valid"],
-                           **_queue_args(state, "sentence"))
+    loss = losses.info_nce(q, k, temperature=config.loss.temperature, valid=batch["valid"])
     return loss, ({"info_nce": loss}, {})
 
 
@@ -154,8 +146,7 @@ def softcse(model: Model, config, params, state, batch, rng):
     q, k = _two_views(model, config, params, batch, rng)
     c = config.loss
     loss = losses.soft_cse(q, k, temperature=c.temperature, mode=c.softcse_mode,
-                           strength=c.softcse_strength, valid=batch["valid"],
-                           **_queue_args(state, "sentence"))
+                           strength=c.softcse_strength, valid=batch["valid"])
     return loss, ({"soft_cse": loss}, {})
 
 
@@ -207,5 +198,3 @@ BATCH_KEYS = {
     "lcl": ("input_ids", "attention_mask", "valid", "labels"),
 }
 
-# Queues each method writes: name -> (feature dim from config.head.dim, value dtype).
-QUEUES = {"softmcl": {"sentence": jnp.float32, "word": jnp.float32}}

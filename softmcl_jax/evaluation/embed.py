@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softmcl_jax.evaluate import POOLINGS, _pool
+from softmcl_jax.evaluate import POOLINGS
 from softmcl_jax.models import Pretrained
+from softmcl_jax.models.heads import pool
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _span_embedder(pretrained: Pretrained, pooling: str
         def embed(params: Any, input_ids: jax.Array, attention_mask: jax.Array,
                   span_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
             hidden = shell.encode(params, input_ids, attention_mask)
-            return _pool(hidden, attention_mask, pooling), span_mean(hidden, span_mask)
+            return pool(hidden, attention_mask, pooling), span_mean(hidden, span_mask)
 
         fn = _SPAN_EMBEDDERS[key] = jax.jit(embed)
     return fn

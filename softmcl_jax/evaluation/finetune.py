@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from softmcl_jax.evaluate import _pool
 from softmcl_jax.evaluation.embed import progress_bar
 from softmcl_jax.models import Pretrained
+from softmcl_jax.models.heads import pool
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def finetune_classifier(pretrained: Pretrained, tokenizer: Any, train_texts: Seq
     def loss_fn(p: Any, ids: jax.Array, mask: jax.Array, y: jax.Array,
                 rng: jax.Array) -> jax.Array:
         h = pretrained.encode(p["encoder"], ids, mask, train=True, rngs={"dropout": rng})
-        logits = _pool(h, mask, pooling) @ p["head"]["kernel"] + p["head"]["bias"]
+        logits = pool(h, mask, pooling) @ p["head"]["kernel"] + p["head"]["bias"]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     def step_fn(p: Any, s: Any, ids: jax.Array, mask: jax.Array, y: jax.Array, step: jax.Array):

