@@ -51,10 +51,9 @@ def gather_words(hidden: jax.Array, token_mask: jax.Array, per_sentence: int
     Returns:
       vectors (B * W, H), positions (B, W) int32, valid (B * W,) bool.
     """
-    b, length = token_mask.shape
+    b = token_mask.shape[0]
     # Stable argsort of "not flagged" puts flagged positions first, in their original order.
     order = jnp.argsort(~token_mask, axis=1, stable=True)[:, :per_sentence]
     valid = jnp.take_along_axis(token_mask, order, axis=1)
     vectors = jnp.take_along_axis(hidden, order[..., None], axis=1)
-    del length
     return vectors.reshape(b * per_sentence, -1), order.astype(jnp.int32), valid.reshape(-1)
