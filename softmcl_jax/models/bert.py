@@ -110,7 +110,7 @@ class Embeddings(_Common):
         # RoBERTa's position table also has padding_idx (padding positions hold pad_token_id).
         x = x + layers.lookup(positions, pos, c.pad_token_id if c.family == "roberta" else None)
         x = layers.layer_norm("LayerNorm", eps=c.layer_norm_eps, param_dtype=self.param_dtype)(x)
-        return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
+        return layers.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
 
 
 class SelfAttention(_Common):
@@ -127,7 +127,7 @@ class SelfAttention(_Common):
 
         ctx = layers.multi_head_attention(
             split("query"), split("key"), split("value"), bias,
-            dropout=nn.Dropout(c.attention_probs_dropout_prob), train=train,
+            dropout=layers.Dropout(c.attention_probs_dropout_prob), train=train,
         )
         return ctx.reshape(*ctx.shape[:-2], c.hidden_size)
 

@@ -216,7 +216,7 @@ class Embeddings(_Common):
         if c.embedding_size != c.hidden_size:
             x = layers.dense(c.hidden_size, "embed_proj", use_bias=False, **kw)(x)
         x = self._norm("LayerNorm")(x) * mask[..., None].astype(jnp.float32)
-        return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
+        return layers.Dropout(c.hidden_dropout_prob)(x, deterministic=not train).astype(self.dtype)
 
 
 class DisentangledSelfAttention(_Common):
@@ -239,7 +239,7 @@ class DisentangledSelfAttention(_Common):
         scores = jnp.einsum("bqnd,bknd->bnqk", q, k / jnp.asarray(scale, k.dtype),
                             preferred_element_type=jnp.float32)
         if c.relative_attention:
-            rel = nn.Dropout(c.hidden_dropout_prob)(rel_emb, deterministic=not train)
+            rel = layers.Dropout(c.hidden_dropout_prob)(rel_emb, deterministic=not train)
             rel = rel.astype(self.dtype)
             c2p, p2c = "c2p" in c.pos_att_type, "p2c" in c.pos_att_type
             if c.share_att_key:
@@ -255,7 +255,7 @@ class DisentangledSelfAttention(_Common):
                 split(pos_key_proj(rel)) if c2p else None, rel_pos, c.att_span, scale)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
-        probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=not train)
+        probs = layers.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=not train)
         ctx = jnp.einsum("bnqk,bknd->bqnd", probs.astype(v.dtype), v)
         return ctx.reshape(*ctx.shape[:-2], c.hidden_size)
 
@@ -293,7 +293,7 @@ class ConvLayer(_Common):
                       kernel_init=nn.initializers.normal(c.initializer_range), name="conv")(x)
         keep = (input_mask > 0)[..., None]
         out = jnp.where(keep, out, 0)
-        out = nn.Dropout(c.hidden_dropout_prob)(out, deterministic=not train)
+        out = layers.Dropout(c.hidden_dropout_prob)(out, deterministic=not train)
         out = layers.activation(c.conv_act)(out)
         y = self._norm("LayerNorm")(residual.astype(jnp.float32) + out.astype(jnp.float32))
         return (y * keep).astype(self.dtype)
