@@ -12,9 +12,10 @@ sequence S, hidden H, heads A, layers L, vocabulary V, queues K x D:
   dropout masks): S H (34 + 5 A S / H) bytes, plus 4 A S^2 for DeBERTa's c2p/p2c score matrices
   (the gathers keep their inputs); with per-layer remat only the layer inputs, 2 S H per layer,
   and one layer's full set while it is recomputed;
-* MLM logits: the head's (B/N, S, V) float32 logits and their gradient, 8 S V bytes per example
-  (the largest single item for a 128k vocabulary: computing logits only at the masked 15% would
-  cut it 6-fold; not done yet);
+* MLM logits: the head's (B/N, M, V) float32 logits and their gradient, 8 M V bytes per example,
+  M = ``data.mlm_max_predictions`` (logits only at the masked positions; the plans use M = 20 of
+  S = 128, BERT's setting). At every position (M = S) this was the largest single item for a 128k
+  vocabulary, 6.4x what it is now;
 * the momentum forward keeps nothing for a backward.
 
 The check compiles the real train step (MiniLM, tiny batches, CPU) and compares the plan with
@@ -48,8 +49,10 @@ BERT_BASE = Arch("BERT-base", 110e6, 12, 768, 12, 30522, False)
 
 
 def plan(a: Arch, *, batch: int, seq: int, devices: int, fsdp: bool, remat: bool,
-         k_sentence: int, k_word: int, dim: int = 128, act_bytes: int = 2) -> dict[str, float]:
-    """Bytes per device of each part of the SoftMCL train step."""
+         k_sentence: int, k_word: int, predictions: int, dim: int = 128, act_bytes: int = 2
+         ) -> dict[str, float]:
+    """Bytes per device of each part of the SoftMCL train step (``predictions``: MLM logits
+    per example, ``data.mlm_max_predictions`` or ``seq`` when that is 0)."""
     shard = devices if fsdp else 1
     b = batch / devices
     s, h = seq, a.hidden
@@ -67,9 +70,11 @@ def plan(a: Arch, *, batch: int, seq: int, devices: int, fsdp: bool, remat: bool
         "gradients": 4 * a.params / shard,
         "queues": 4 * (k_sentence + k_word) * (dim + 2) / devices,
         "activations": activations,
-        "MLM logits": 8 * b * s * a.vocab,
+        "MLM logits": 8 * b * predictions * a.vocab,
     }
 
+
+PREDICTIONS_PER_128 = 20  # MLM targets per sequence of 128 (BERT's max_predictions_per_seq)
 
 TARGETS = [  # (name, devices, HBM per device in GiB)
     ("TPU v4-8 (4 chips)", 4, 32),
@@ -85,7 +90,7 @@ def plan_table(a: Arch, batch: int, seq: int, k: int) -> str:
         for fsdp in (False, True):
             for remat in (False, True):
                 p = plan(a, batch=batch, seq=seq, devices=n, fsdp=fsdp, remat=remat,
-                         k_sentence=k, k_word=k)
+                         k_sentence=k, k_word=k, predictions=PREDICTIONS_PER_128)
                 total = sum(p.values())
                 cells = " | ".join(f"{v / GiB:.2f}" for v in p.values())
                 rows.append(f"| {name} | {'fsdp' if fsdp else 'data'} | {'yes' if remat else 'no'}"
@@ -130,7 +135,8 @@ def measured(remat: bool, batch: int, seq: int) -> tuple[dict[str, float], dict[
     arch = Arch("MiniLM", n_params, cfg.num_hidden_layers, cfg.hidden_size,
                 cfg.num_attention_heads, cfg.vocab_size, False)
     p = plan(arch, batch=batch, seq=seq, devices=1, fsdp=False, remat=remat,
-             k_sentence=1024, k_word=4096, act_bytes=4)
+             k_sentence=1024, k_word=4096, predictions=c.data.mlm_max_predictions or seq,
+             act_bytes=4)
     return xla, p
 
 

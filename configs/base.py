@@ -46,6 +46,9 @@ def get_base() -> ml_collections.ConfigDict:
     c.data.assign = "first"  # word valence on the first sub-token or on "all" of them
     c.data.neutral_band = 0.0
     c.data.mlm_rate = 0.0  # > 0 adds MLM corruption to each batch
+    # > 0: at most this many MLM targets per sentence (BERT's max_predictions_per_seq), and MLM
+    # logits are computed at only that many positions per row (0: every position, B x L x V).
+    c.data.mlm_max_predictions = 0
     c.data.prefetch = 2
 
     c.optimizer = ml_collections.ConfigDict()

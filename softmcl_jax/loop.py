@@ -88,8 +88,9 @@ def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str]) -> Pipeline
         sentences, tokenizer, sources.load_lexicon(d.lexicon), max_len=config.model.max_len,
         assign=d.assign, neutral_band=d.neutral_band)
     log.info("data: %d training sentences; %s", len(sentences), encoded.stats.summary())
-    masking = (MaskingConfig.from_tokenizer(tokenizer, rate=d.mlm_rate) if d.mlm_rate > 0
-               else None)
+    masking = (MaskingConfig.from_tokenizer(tokenizer, rate=d.mlm_rate,
+                                            max_predictions=d.mlm_max_predictions)
+               if d.mlm_rate > 0 else None)
     keys = set(methods.BATCH_KEYS[config.method]) - {"valid", "mlm_input_ids", "mlm_labels"}
     if masking is not None:
         keys.add("special_tokens_mask")

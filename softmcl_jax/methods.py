@@ -19,7 +19,7 @@ import ml_collections
 
 from softmcl_jax import losses
 from softmcl_jax.models import Pretrained
-from softmcl_jax.models.heads import MLPHead, gather_words, pool
+from softmcl_jax.models.heads import MLPHead, gather_words, pool, scored_positions
 
 sg = jax.lax.stop_gradient
 
@@ -40,12 +40,13 @@ class Model:
                 for (name, head), k in zip(sorted(self.heads.items()), keys, strict=False)}
 
     def forward(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
-                train: bool, rng: jax.Array | None, mlm: bool = False) -> dict[str, jax.Array]:
+                train: bool, rng: jax.Array | None, mlm: bool = False,
+                mlm_positions: jax.Array | None = None) -> dict[str, jax.Array]:
         rngs = {"dropout": rng} if train else None
-        out = self.pretrained.module.apply(
+        kw = {} if mlm_positions is None else {"mlm_positions": mlm_positions}
+        return self.pretrained.module.apply(
             {"params": params["encoder"]}, input_ids, attention_mask, train=train, mlm=mlm,
-            rngs=rngs)
-        return out
+            rngs=rngs, **kw)
 
     def head(self, params: Any, name: str, x: jax.Array) -> jax.Array:
         return self.heads[name].apply({"params": params["heads"][name]}, x)
@@ -82,13 +83,18 @@ def softmcl(model: Model, config, params, state, batch, rng):
     """
     w, lc = config.loss, config.loss
     mask, valid = batch["attention_mask"], batch["valid"]
+    mlm_labels, mlm_positions, metrics = batch["mlm_labels"], None, {}
+    if w.mlm > 0 and config.data.mlm_max_predictions > 0:
+        # Logits at the (at most M) masked positions per row, not at all L.
+        mlm_positions, mlm_labels, left_out = scored_positions(
+            mlm_labels, config.data.mlm_max_predictions)
+        metrics["mlm_left_out"] = left_out.sum()  # 0 unless the data were not capped at M
     out = model.forward(params, batch["mlm_input_ids"], mask, train=True, rng=rng,
-                        mlm=w.mlm > 0)
+                        mlm=w.mlm > 0, mlm_positions=mlm_positions)
     hidden = out["last_hidden_state"]
     ema = sg(state.ema_params)
     k_hidden = sg(model.forward(ema, batch["input_ids"], mask, train=False,
                                 rng=None)["last_hidden_state"])
-    metrics = {}
 
     # Sentence level: one valence per sentence.
     q_s = model.head(params, "sentence", pool(hidden, mask, model.pooling))
@@ -117,7 +123,7 @@ def softmcl(model: Model, config, params, state, batch, rng):
     metrics.update(sentence_loss=sent, word_loss=word,
                    words_per_sentence=w_valid.sum() / jnp.maximum(valid.sum(), 1))
     if w.mlm > 0:
-        mlm = losses.masked_lm_loss(out["logits"], batch["mlm_labels"])
+        mlm = losses.masked_lm_loss(out["logits"], mlm_labels)
         loss = loss + w.mlm * mlm
         metrics["mlm_loss"] = mlm
     enqueue = {"sentence": (k_s, s_val, s_valid), "word": (k_w, w_val, w_valid)}

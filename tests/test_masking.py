@@ -142,3 +142,36 @@ def test_config_from_tokenizer_and_bad_arguments():
         run(ids, special, mask_fraction=0.9, random_fraction=0.2)
     with pytest.raises(ValueError, match="shape"):
         run(ids, special[:, :-1])
+
+
+@pytest.mark.parametrize("cap", [1, 5, 16])
+def test_cap_keeps_a_random_subset_and_leaves_small_rows_alone(cap):
+    ids, special = make_batch(batch=128, length=64, seed=3)
+    free_ids, free_labels = run(ids, special, rate=0.3)
+    ids_c, labels_c = run(ids, special, rate=0.3, max_predictions=cap)
+    sel, sel_c = free_labels != IGNORE_INDEX, labels_c != IGNORE_INDEX
+    assert (sel_c.sum(1) == np.minimum(sel.sum(1), cap)).all()
+    assert not (sel_c & ~sel).any()  # a subset of what the uncapped draw selected
+    small = sel.sum(1) <= cap
+    np.testing.assert_array_equal(ids_c[small], free_ids[small])
+    np.testing.assert_array_equal(labels_c[small], free_labels[small])
+    # Dropped selections are left uncorrupted; kept ones are corrupted exactly as before.
+    np.testing.assert_array_equal(ids_c[~sel_c], ids[~sel_c])
+    np.testing.assert_array_equal(ids_c[sel_c], free_ids[sel_c])
+    # Which selections survive does not favour early positions (the draw ranks them).
+    big = ~small
+    if cap > 1 and big.sum() > 20:
+        first_half = sel_c[big][:, :32].sum() / sel[big][:, :32].sum()
+        second_half = sel_c[big][:, 32:].sum() / max(sel[big][:, 32:].sum(), 1)
+        assert abs(first_half - second_half) < 0.15
+
+
+def test_cap_zero_or_wider_than_the_row_changes_nothing():
+    ids, special = make_batch(batch=16, length=20)
+    ref = run(ids, special)
+    for cap in (0, 20, 50):
+        out = run(ids, special, max_predictions=cap)
+        np.testing.assert_array_equal(out[0], ref[0])
+        np.testing.assert_array_equal(out[1], ref[1])
+    with pytest.raises(ValueError, match="max_predictions"):
+        run(ids, special, max_predictions=-1)

@@ -17,6 +17,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from softmcl_jax.models import CheckpointError, from_pretrained, save_pretrained
+from softmcl_jax.models.heads import scored_positions
 from softmcl_jax.models.hf import torch_key
 from tests import tiny
 
@@ -57,6 +58,35 @@ def test_forward_parity(family):
     enc = pre.encode(pre.params, b["input_ids"], b["attention_mask"],
                      token_type_ids=b["token_type_ids"])
     np.testing.assert_allclose(enc, out["last_hidden_state"], atol=1e-6)
+
+
+def test_mlm_logits_at_positions_equal_the_full_logits_there(family):
+    """Logits at (B, M) positions are the full (B, L, V) logits gathered there, and against the
+    torch model's logits at the same positions."""
+    _, _, torch_model, pre = family
+    b = tiny.batch(pre.config)
+    length = b["input_ids"].shape[1]
+    labels = np.full(b["input_ids"].shape, -100, np.int32)
+    rng = np.random.default_rng(0)
+    for row, k in enumerate((0, 3, 5)):  # a row with no targets, then 3 and 5
+        labels[row, rng.choice(length, size=k, replace=False)] = 7
+    positions, picked, left_out = scored_positions(jnp.asarray(labels), 4)
+    assert positions.shape == (3, 4) and np.asarray(left_out).tolist() == [0, 0, 1]
+    assert (np.asarray(picked) != -100).sum(1).tolist() == [0, 3, 4]
+    full = pre.mlm_logits(pre.params, b["input_ids"], b["attention_mask"],
+                          token_type_ids=b["token_type_ids"])
+    at = pre.mlm_logits(pre.params, b["input_ids"], b["attention_mask"],
+                        token_type_ids=b["token_type_ids"], positions=positions)
+    assert at.shape == (3, 4, full.shape[-1])
+    gathered = np.take_along_axis(np.asarray(full), np.asarray(positions)[..., None], axis=1)
+    np.testing.assert_allclose(at, gathered, atol=1e-6)
+    _, torch_logits = run_torch(torch_model, b)
+    ref = np.take_along_axis(torch_logits, np.asarray(positions)[..., None], axis=1)
+    assert max_diff(at, ref) <= 1e-3
+    # Scored positions come first, in order; the third row's fifth target is the one left out.
+    for row in range(3):
+        kept = np.flatnonzero(labels[row] != -100)[:4]
+        np.testing.assert_array_equal(np.asarray(positions)[row, :len(kept)], kept)
 
 
 def perturbed(params, seed=1):

@@ -10,6 +10,12 @@ A selected token is replaced by the mask token with probability 0.8, by a random
 and left unchanged with 0.1; its label is the original id. Unselected tokens get label -100
 (``losses.masked_lm_loss``'s ``ignore_index``).
 
+``max_predictions`` > 0 caps the selected tokens per row (BERT's ``max_predictions_per_seq``):
+a row with more keeps the ones with the smallest selection draws (a uniformly random subset) and
+the others stay unselected and uncorrupted. Rows under the cap are exactly what they are without
+it. The cap is what lets the train step compute MLM logits at a fixed number of positions per
+row instead of at every position (``models.heads.scored_positions``).
+
 Random replacements are drawn uniformly from ``[0, vocab_size)`` minus ``special_ids`` (and the
 mask token): a random [CLS], [SEP] or [PAD] in mid-sentence would be a signal the model never
 sees at fine-tuning time, and a random [MASK] would turn the 10% "random" case into the 80% one.
@@ -45,6 +51,7 @@ class MaskingConfig:
     rate: float = 0.15
     mask_fraction: float = 0.8
     random_fraction: float = 0.1
+    max_predictions: int = 0  # per row; 0 = no cap
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, **kwargs: Any) -> MaskingConfig:
@@ -77,6 +84,7 @@ def mask_tokens(
     special_ids: Sequence[int] = (),
     mask_fraction: float = 0.8,
     random_fraction: float = 0.1,
+    max_predictions: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Corrupt ``input_ids`` for masked-LM training.
 
@@ -90,6 +98,7 @@ def mask_tokens(
       rate: probability that an eligible token is selected.
       mask_fraction, random_fraction: of the selected tokens, the share replaced by [MASK] and
         by a random id; the rest stay unchanged.
+      max_predictions: at most this many selected tokens per row (0: no cap).
     Returns:
       (masked_ids (B, L) same dtype as ``input_ids``, mlm_labels (B, L) int32 with the original
       id where selected and -100 elsewhere).
@@ -98,6 +107,8 @@ def mask_tokens(
         raise ValueError(f"rate must be in [0, 1], got {rate}")
     if mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
         raise ValueError("mask_fraction and random_fraction must be >= 0 and sum to <= 1")
+    if max_predictions < 0:
+        raise ValueError(f"max_predictions must be >= 0 (0: no cap), got {max_predictions}")
     input_ids = np.asarray(input_ids)
     special_mask = np.asarray(special_mask, bool)
     if special_mask.shape != input_ids.shape:
@@ -113,6 +124,13 @@ def mask_tokens(
     random_ids = allowed[rng.integers(0, allowed.size, size=input_ids.shape)]
 
     selected = (u_select < rate) & ~special_mask
+    if max_predictions and input_ids.ndim and input_ids.shape[-1] > max_predictions:
+        # Rank of each selected token's draw within its row; unselected rank last.
+        order = np.argsort(np.where(selected, u_select, np.inf), axis=-1, kind="stable")
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.broadcast_to(np.arange(order.shape[-1]), order.shape),
+                          axis=-1)
+        selected &= rank < max_predictions
     to_mask = selected & (u_action < mask_fraction)
     to_random = selected & (u_action >= mask_fraction) & (u_action < mask_fraction
                                                            + random_fraction)

@@ -296,7 +296,8 @@ class Pipeline:
                 self.arrays["input_ids"][idx], self.arrays["special_tokens_mask"][idx],
                 mask_token_id=m.mask_token_id, vocab_size=m.vocab_size,
                 special_ids=m.special_ids, rate=m.rate, mask_fraction=m.mask_fraction,
-                random_fraction=m.random_fraction, seed=self.seed, step=step, process_index=0)
+                random_fraction=m.random_fraction, max_predictions=m.max_predictions,
+                seed=self.seed, step=step, process_index=0)
             ids, labels = ids[mine], labels[mine]
             labels[~out["valid"]] = -100
             out["mlm_input_ids"], out["mlm_labels"] = ids, labels

@@ -274,7 +274,8 @@ class BertLikeMaskedLM(_Common):
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                  token_type_ids: jax.Array | None = None, *, train: bool = False,
-                 mlm: bool = True) -> dict[str, jax.Array]:
+                 mlm: bool = True, mlm_positions: jax.Array | None = None
+                 ) -> dict[str, jax.Array]:
         c = self.config
         args = (c, self.dtype, self.param_dtype)
         if token_type_ids is None:
@@ -286,13 +287,14 @@ class BertLikeMaskedLM(_Common):
             out["pooler_output"] = pooled
         if mlm:
             table = base.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+            at = layers.at_positions(hidden, mlm_positions)
             if c.family == "bert":
-                logits = BertCls(*args, name="cls")(hidden, table)
+                logits = BertCls(*args, name="cls")(at, table)
             elif c.family == "roberta":
-                logits = RobertaLMHead(*args, name="lm_head")(hidden, table)
+                logits = RobertaLMHead(*args, name="lm_head")(at, table)
             else:
                 y = Transform(*args, width=c.embedding_size, act="gelu",
-                              name="generator_predictions")(hidden)
+                              name="generator_predictions")(at)
                 logits = ElectraLMHead(*args, name="generator_lm_head")(y, table)
             out["logits"] = logits
         return out

@@ -388,7 +388,8 @@ class DebertaV2MaskedLM(_Common):
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                  token_type_ids: jax.Array | None = None, *, train: bool = False,
-                 mlm: bool = True) -> dict[str, jax.Array]:
+                 mlm: bool = True, mlm_positions: jax.Array | None = None
+                 ) -> dict[str, jax.Array]:
         c = self.config
         if c.position_biased_input and input_ids.shape[1] > c.max_position_embeddings:
             raise ValueError(f"sequence length {input_ids.shape[1]} exceeds "
@@ -402,5 +403,5 @@ class DebertaV2MaskedLM(_Common):
         if mlm:
             table = base.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
             out["logits"] = OnlyMLMHead(*args, name="cls" if c.legacy else "lm_predictions")(
-                hidden, table)
+                layers.at_positions(hidden, mlm_positions), table)
         return out

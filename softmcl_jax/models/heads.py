@@ -57,3 +57,25 @@ def gather_words(hidden: jax.Array, token_mask: jax.Array, per_sentence: int
     valid = jnp.take_along_axis(token_mask, order, axis=1)
     vectors = jnp.take_along_axis(hidden, order[..., None], axis=1)
     return vectors.reshape(b * per_sentence, -1), order.astype(jnp.int32), valid.reshape(-1)
+
+
+def scored_positions(labels: jax.Array, per_row: int, ignore_index: int = -100
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The first ``per_row`` scored positions (label != ignore) of each row, for MLM logits at
+    those positions only.
+
+    Args:
+      labels: (B, L) MLM labels, ``ignore_index`` where nothing is predicted.
+      per_row: M, positions kept per row.
+    Returns:
+      positions (B, M) int32 (padding points at position 0), labels (B, M) (``ignore_index`` at
+      padding), and per row the scored tokens beyond M (B,) int32, which those positions leave
+      out: zero when the data capped the targets at M (``mask_tokens(max_predictions=M)``).
+    """
+    scored = labels != ignore_index
+    order = jnp.argsort(~scored, axis=1, stable=True)[:, :per_row]
+    kept = jnp.take_along_axis(scored, order, axis=1)
+    positions = jnp.where(kept, order, 0).astype(jnp.int32)
+    picked = jnp.where(kept, jnp.take_along_axis(labels, order, axis=1), ignore_index)
+    left_out = (scored.sum(axis=1) - kept.sum(axis=1)).astype(jnp.int32)
+    return positions, picked, left_out

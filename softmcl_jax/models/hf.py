@@ -116,10 +116,12 @@ class Pretrained:
     architecture: Architecture
     newly_initialized: tuple[str, ...] = ()
 
-    def _apply(self, params, input_ids, attention_mask, token_type_ids, train, rngs, mlm):
+    def _apply(self, params, input_ids, attention_mask, token_type_ids, train, rngs, mlm,
+               mlm_positions=None):
+        kw = {} if mlm_positions is None else {"mlm_positions": mlm_positions}
         return self.module.apply(
             {"params": params}, input_ids, attention_mask, token_type_ids,
-            train=train, mlm=mlm, rngs=rngs)
+            train=train, mlm=mlm, rngs=rngs, **kw)
 
     def encode(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
                token_type_ids: jax.Array | None = None, train: bool = False,
@@ -130,10 +132,11 @@ class Pretrained:
 
     def mlm_logits(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
                    token_type_ids: jax.Array | None = None, train: bool = False,
-                   rngs: Mapping[str, jax.Array] | None = None) -> jax.Array:
-        """Masked-LM logits (B, L, V), float32."""
+                   rngs: Mapping[str, jax.Array] | None = None,
+                   positions: jax.Array | None = None) -> jax.Array:
+        """Masked-LM logits (B, L, V), float32; with ``positions`` (B, M), only there: (B, M, V)."""
         return self._apply(params, input_ids, attention_mask, token_type_ids, train, rngs,
-                           True)["logits"]
+                           True, positions)["logits"]
 
     def __call__(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
                  token_type_ids: jax.Array | None = None, train: bool = False,

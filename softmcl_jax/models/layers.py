@@ -154,6 +154,18 @@ class Dropout(nn.Module):
         return jnp.where(keep, scaled, jnp.zeros_like(x))
 
 
+def at_positions(hidden: jax.Array, positions: jax.Array | None) -> jax.Array:
+    """``hidden`` (B, L, H) at ``positions`` (B, M) -> (B, M, H); None: all of ``hidden``.
+
+    The MLM heads take their input through this, so a caller that scores M << L tokens per row
+    pays for B x M x V logits instead of B x L x V (the largest activation of a step for a
+    128k vocabulary).
+    """
+    if positions is None:
+        return hidden
+    return jnp.take_along_axis(hidden, positions[..., None].astype(jnp.int32), axis=1)
+
+
 def key_padding_bias(attention_mask: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
     """(B, L) 0/1 mask -> (B, 1, 1, L) additive bias: 0 where attended, dtype-min where padded.
 
