@@ -253,7 +253,7 @@ def plot_projection(args: argparse.Namespace, path: str, n: int = 1000) -> None:
     plt.close(fig)
 
 
-def write_results_md(summary: dict[str, Any]) -> None:
+def write_results_md(summary: dict[str, Any], path: str = RESULTS_MD) -> None:
     body = "\n\n".join([
         "### Scores (mean ± std over seeds, ×100)",
         table(summary),
@@ -263,12 +263,12 @@ def write_results_md(summary: dict[str, Any]) -> None:
         budget_table(summary),
     ])
     begin, end = "<!-- generated: begin -->", "<!-- generated: end -->"
-    text = open(RESULTS_MD).read()
+    text = open(path).read()
     if begin not in text or end not in text:
-        raise SystemExit(f"{RESULTS_MD}: the {begin} / {end} markers are missing")
+        raise SystemExit(f"{path}: the {begin} / {end} markers are missing")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    with open(RESULTS_MD, "w") as f:
+    with open(path, "w") as f:
         f.write(f"{head}{begin}\n{body}\n{end}{tail}")
 
 
