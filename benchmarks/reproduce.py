@@ -55,6 +55,7 @@ COLUMNS = (
     ("stsb", "spearman", "STS-B rho"),
     ("sst2_fewshot", "acc_k16_mean", "SST-2 16-shot"),
     ("sst5_fewshot", "acc_k16_mean", "SST-5 16-shot"),
+    ("sst2_finetune", "acc", "SST-2 fine-tuned"),
 )
 
 
@@ -107,6 +108,25 @@ def evaluate(args: argparse.Namespace, method: str, seed: int) -> None:
         json.dump({"seconds": seconds}, f)
 
 
+def finetune(args: argparse.Namespace, method: str, seed: int) -> None:
+    """SST-2 full fine-tuning (encoder + linear head) of the base or trained encoder, on the whole
+    train split: the protocol behind the SoftMCL paper's SST-2 number, at MiniLM scale."""
+    out = run_dir(args.runs_dir, method, seed)
+    result = os.path.join(out, "finetune.json")
+    if os.path.exists(result):
+        return
+    os.makedirs(out, exist_ok=True)
+    checkpoint = "minilm" if method == BASE else os.path.join(out, "export")
+    cmd = [sys.executable, "-m", "softmcl_jax.evaluate", f"--checkpoint={checkpoint}",
+           f"--data_dir={args.data_dir}", "--tasks=sst2_finetune",
+           f"--finetune_steps={args.finetune_steps}", f"--max_len={args.max_len}",
+           f"--seed={seed}", "--no_progress", f"--output={result}.partial"]
+    seconds = _run(cmd, os.path.join(out, "finetune.log"))
+    os.replace(result + ".partial", result)
+    with open(os.path.join(out, "finetune_seconds.json"), "w") as f:
+        json.dump({"seconds": seconds}, f)
+
+
 # --- the report ------------------------------------------------------------------------------
 
 def _read_json(path: str) -> Any:
@@ -123,7 +143,9 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             if not os.path.exists(os.path.join(out, "eval.json")):
                 continue
             entry: dict[str, Any] = {"eval": _read_json(os.path.join(out, "eval.json"))}
-            for name in ("train_seconds", "eval_seconds"):
+            if os.path.exists(os.path.join(out, "finetune.json")):
+                entry["eval"].update(_read_json(os.path.join(out, "finetune.json")))
+            for name in ("train_seconds", "eval_seconds", "finetune_seconds"):
                 p = os.path.join(out, f"{name}.json")
                 if os.path.exists(p):
                     entry[name] = _read_json(p)["seconds"]
@@ -173,8 +195,8 @@ def splits_line(summary: dict[str, Any]) -> str:
 
 
 def budget_table(summary: dict[str, Any]) -> str:
-    lines = ["| encoder | training data | steps × batch | lr | train min/seed | eval min/seed |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| encoder | training data | steps × batch | lr | train min/seed | eval min/seed "
+             "| SST-2 fine-tune min/seed |", "|---|---|---|---|---|---|---|"]
     for method in (BASE, *METHODS):
         seeds = summary["runs"].get(method)
         if not seeds:
@@ -182,13 +204,15 @@ def budget_table(summary: dict[str, Any]) -> str:
         first = next(iter(seeds.values()))
         train_min = [s["train_seconds"] / 60 for s in seeds.values() if "train_seconds" in s]
         eval_min = [s["eval_seconds"] / 60 for s in seeds.values() if "eval_seconds" in s]
+        ft_min = [s["finetune_seconds"] / 60 for s in seeds.values() if "finetune_seconds" in s]
         fmt = (lambda xs: f"{statistics.fmean(xs):.1f}" if xs else "–")
         if method == BASE:
-            lines.append(f"| MiniLM (base) | – | – | – | – | {fmt(eval_min)} |")
+            lines.append(f"| MiniLM (base) | – | – | – | – | {fmt(eval_min)} | {fmt(ft_min)} |")
             continue
         data = TRAIN_DATA[method] or "shipped VADER sentences (+ lexicon for softmcl)"
         lines.append(f"| {method} | {data} | {first['steps']} × {first['batch_size']} | "
-                     f"{first['learning_rate']:g} | {fmt(train_min)} | {fmt(eval_min)} |")
+                     f"{first['learning_rate']:g} | {fmt(train_min)} | {fmt(eval_min)} | "
+                     f"{fmt(ft_min)} |")
     return "\n".join(lines)
 
 
@@ -281,6 +305,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0, help="override total_steps (0: the config's)")
     p.add_argument("--max_examples", type=int, default=2000)
     p.add_argument("--max_len", type=int, default=64)
+    p.add_argument("--finetune_methods", default=f"{BASE},softmcl",
+                   help="encoders that also get SST-2 full fine-tuning (slow); '' for none")
+    p.add_argument("--finetune_steps", type=int, default=300)
     p.add_argument("--report_only", action="store_true")
     args = p.parse_args()
     if not args.data_dir or not os.path.isdir(args.data_dir):
@@ -300,6 +327,9 @@ def main() -> None:
                     continue
                 train(args, method, seed)
                 evaluate(args, method, seed)
+        for seed in args.seeds:
+            for method in [m for m in args.finetune_methods.split(",") if m]:
+                finetune(args, method, seed)
     summary = collect(args)
     os.makedirs(RESULTS_DIR, exist_ok=True)
     with open(os.path.join(RESULTS_DIR, "summary.json"), "w") as f:
