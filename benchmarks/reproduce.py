@@ -228,6 +228,9 @@ def plot_curves(summary: dict[str, Any], path: str) -> None:
         for seed, run in summary["runs"][method].items():
             steps = [r["step"] for r in run["curve"]]
             ax.plot(steps, [r["loss"] for r in run["curve"]], label=f"seed {seed}", lw=1.2)
+        losses = [r["loss"] for run in summary["runs"][method].values() for r in run["curve"]]
+        if min(losses) > 0 and max(losses) > 10 * min(losses):
+            ax.set_yscale("log")  # SimCSE on MiniLM: 1e-5..1e-3
         ax.set_title(method)
         ax.set_xlabel("step")
         ax.set_ylabel("training loss (total)")
