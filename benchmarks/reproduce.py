@@ -209,7 +209,8 @@ def budget_table(summary: dict[str, Any]) -> str:
         if method == BASE:
             lines.append(f"| MiniLM (base) | – | – | – | – | {fmt(eval_min)} | {fmt(ft_min)} |")
             continue
-        data = TRAIN_DATA[method] or "shipped VADER sentences (+ lexicon for softmcl)"
+        data = TRAIN_DATA[method] or ("shipped VADER sentences + lexicon" if method == "softmcl"
+                                      else "shipped VADER sentences (text)")
         lines.append(f"| {method} | {data} | {first['steps']} × {first['batch_size']} | "
                      f"{first['learning_rate']:g} | {fmt(train_min)} | {fmt(eval_min)} | "
                      f"{fmt(ft_min)} |")
@@ -286,7 +287,7 @@ def write_results_md(summary: dict[str, Any], path: str = RESULTS_MD) -> None:
         table(summary),
         f"Splits and sizes: {splits_line(summary)}. Evaluation: `--max_examples="
         f"{summary['max_examples']} --max_len={summary['max_len']}`, mean pooling.",
-        "### Compute (2 CPU cores, one run at a time)",
+        "### Compute (wall-clock minutes per seed, 2 CPU cores)",
         budget_table(summary),
     ])
     begin, end = "<!-- generated: begin -->", "<!-- generated: end -->"
