@@ -115,8 +115,9 @@ def dropout_keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> ja
 
     ``q = round(rate * 2**16) / 2**16`` (0.1 -> 0.1000061): each decision uses 16 random bits, two
     per 32-bit threefry word, instead of the 32-bit float per element that
-    ``jax.random.bernoulli`` draws. On XLA:CPU threefry is the cost of dropout (the masks of one
-    MiniLM SimCSE step took ~0.45 s with bernoulli, ~0.2 s this way); the rate moves by < 1e-5.
+    ``jax.random.bernoulli`` draws. On XLA:CPU threefry is the cost of dropout: the masks of one
+    MiniLM SimCSE step alone took ~0.45 s with bernoulli, ~0.2 s this way (in the full jitted step
+    the difference was within run-to-run noise; BENCHMARKS.md). The rate moves by < 1e-5.
     """
     threshold = round(rate * DROPOUT_RESOLUTION)
     if threshold <= 0:
