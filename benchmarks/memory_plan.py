@@ -113,11 +113,7 @@ def measured(remat: bool, batch: int, seq: int) -> tuple[dict[str, float], dict[
     c.queue.sentence_size, c.queue.word_size = 1024, 4096
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     pretrained, _, model = loop.setup_model(c)
-    tx, schedule = train.make_optimizer(c)
-    host = train.init_state(model, c, tx, batch)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
-    shard = train.state_shardings(abstract, mesh)
-    step = train.jit_train_step(model, c, tx, schedule, shard, mesh)
+    host, abstract, shard, step = train.setup_step(model, c, mesh)
     i32 = jax.numpy.int32
     spec = {"input_ids": (batch, seq, i32), "attention_mask": (batch, seq, i32),
             "valid": (batch, None, bool), "mlm_input_ids": (batch, seq, i32),

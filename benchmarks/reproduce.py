@@ -91,40 +91,36 @@ def train(args: argparse.Namespace, method: str, seed: int) -> None:
         json.dump({"seconds": seconds}, f)
 
 
-def evaluate(args: argparse.Namespace, method: str, seed: int) -> None:
+def _suite(args: argparse.Namespace, method: str, seed: int, name: str,
+           flags: list[str]) -> None:
+    """``python -m softmcl_jax.evaluate`` on the base or trained encoder, into RUN/NAME.json
+    (written only when the run finishes, so a half-done one is redone), RUN/NAME.log and the
+    seconds it took in RUN/NAME_seconds.json. Skipped if RUN/NAME.json exists."""
     out = run_dir(args.runs_dir, method, seed)
-    result = os.path.join(out, "eval.json")
+    result = os.path.join(out, f"{name}.json")
     if os.path.exists(result):
         return
     os.makedirs(out, exist_ok=True)
     checkpoint = "minilm" if method == BASE else os.path.join(out, "export")
     cmd = [sys.executable, "-m", "softmcl_jax.evaluate", f"--checkpoint={checkpoint}",
-           f"--data_dir={args.data_dir}", f"--max_examples={args.max_examples}",
-           f"--max_len={args.max_len}", f"--seed={seed}", "--no_progress",
-           f"--output={result}.partial"]
-    seconds = _run(cmd, os.path.join(out, "eval.log"))
-    os.replace(result + ".partial", result)  # only a finished evaluation counts as done
-    with open(os.path.join(out, "eval_seconds.json"), "w") as f:
+           f"--data_dir={args.data_dir}", *flags, f"--max_len={args.max_len}", f"--seed={seed}",
+           "--no_progress", f"--output={result}.partial"]
+    seconds = _run(cmd, os.path.join(out, f"{name}.log"))
+    os.replace(result + ".partial", result)
+    with open(os.path.join(out, f"{name}_seconds.json"), "w") as f:
         json.dump({"seconds": seconds}, f)
+
+
+def evaluate(args: argparse.Namespace, method: str, seed: int) -> None:
+    """The default suite, every split capped at ``--max_examples``."""
+    _suite(args, method, seed, "eval", [f"--max_examples={args.max_examples}"])
 
 
 def finetune(args: argparse.Namespace, method: str, seed: int) -> None:
     """SST-2 full fine-tuning (encoder + linear head) of the base or trained encoder, on the whole
     train split: the protocol behind the SoftMCL paper's SST-2 number, at MiniLM scale."""
-    out = run_dir(args.runs_dir, method, seed)
-    result = os.path.join(out, "finetune.json")
-    if os.path.exists(result):
-        return
-    os.makedirs(out, exist_ok=True)
-    checkpoint = "minilm" if method == BASE else os.path.join(out, "export")
-    cmd = [sys.executable, "-m", "softmcl_jax.evaluate", f"--checkpoint={checkpoint}",
-           f"--data_dir={args.data_dir}", "--tasks=sst2_finetune",
-           f"--finetune_steps={args.finetune_steps}", f"--max_len={args.max_len}",
-           f"--seed={seed}", "--no_progress", f"--output={result}.partial"]
-    seconds = _run(cmd, os.path.join(out, "finetune.log"))
-    os.replace(result + ".partial", result)
-    with open(os.path.join(out, "finetune_seconds.json"), "w") as f:
-        json.dump({"seconds": seconds}, f)
+    _suite(args, method, seed, "finetune",
+           ["--tasks=sst2_finetune", f"--finetune_steps={args.finetune_steps}"])
 
 
 # --- the report ------------------------------------------------------------------------------

@@ -150,14 +150,10 @@ def jax_worker(method: str, prep: str, args: argparse.Namespace) -> dict[str, An
     batches = load_batches(prep, method, args)
     keys = methods.BATCH_KEYS[method]
     batches = [{k: b[k] for k in keys} for b in batches]
-    tx, schedule = train.make_optimizer(config)
-    host = train.init_state(model, config, tx, config.batch_size)
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
-    shardings = train.state_shardings(abstract, mesh)
+    host, _, shardings, step_fn = train.setup_step(model, config, mesh)
     state = train.place_state(host, shardings)
     del host
-    step_fn = train.jit_train_step(model, config, tx, schedule, shardings, mesh)
 
     def step(i: int) -> None:
         nonlocal state

@@ -105,14 +105,10 @@ def main() -> None:
     pretrained = from_pretrained(path, dtype=DTYPES[args.dtype], remat=args.remat, seed=0)
     model = methods.Model(pretrained, methods.make_heads(config, pretrained.config.hidden_size),
                           config.model.pooling)
-    tx, schedule = train.make_optimizer(config)
-    host = train.init_state(model, config, tx, config.batch_size)
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
-    shardings = train.state_shardings(abstract, mesh)
+    host, _, shardings, step_fn = train.setup_step(model, config, mesh)
     state = train.place_state(host, shardings)
     del host
-    step_fn = train.jit_train_step(model, config, tx, schedule, shardings, mesh)
     vocab = pretrained.config.vocab_size
     batches = [synthetic_batch(config, vocab, i) for i in range(args.repeats + 1)]
 

@@ -124,10 +124,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     held_out = set(probe.train_texts) | set(probe.test_texts) if probe else set()
     pipeline = build_pipeline(config, tokenizer, mesh, held_out)
 
-    tx, schedule = train.make_optimizer(config)
-    host_state = train.init_state(model, config, tx, config.batch_size)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_state)
-    shardings = train.state_shardings(abstract, mesh)
+    host_state, abstract, shardings, step_fn = train.setup_step(model, config, mesh)
     ckpt = checkpointer(config, workdir)
     start = ckpt.latest_step() or 0
     if start:
@@ -137,7 +134,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state = train.place_state(host_state, shardings)
     del host_state
     log.info("mesh %s; state per device: %s", dict(mesh.shape), train.describe_sharding(state))
-    step_fn = train.jit_train_step(model, config, tx, schedule, shardings, mesh)
     keys = methods.BATCH_KEYS[config.method]
 
     chief = jax.process_index() == 0  # one host writes metrics, the export and the probe line

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -178,6 +178,26 @@ def jit_train_step(model: methods.Model, config: ml_collections.ConfigDict,
     return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                    out_shardings=(state_sharding, sharding.replicated(mesh)),
                    donate_argnums=0)
+
+
+class StepSetup(NamedTuple):
+    """What a caller of the train step needs; see :func:`setup_step`."""
+
+    host_state: TrainState  # the initial state, not yet on the devices
+    abstract: TrainState  # its shapes and dtypes (ShapeDtypeStructs)
+    shardings: TrainState  # where each leaf goes on the mesh
+    step_fn: Any  # jit_train_step(...): (state, batch) -> (state, metrics), state donated
+
+
+def setup_step(model: methods.Model, config: ml_collections.ConfigDict, mesh: Mesh) -> StepSetup:
+    """Optimizer, initial host state, its shardings over ``mesh`` and the jitted step, as the
+    trainer builds them (benchmarks and tests use the same path). Nothing is placed or compiled."""
+    tx, schedule = make_optimizer(config)
+    host_state = init_state(model, config, tx, config.batch_size)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_state)
+    shardings = state_shardings(abstract, mesh)
+    return StepSetup(host_state, abstract, shardings,
+                     jit_train_step(model, config, tx, schedule, shardings, mesh))
 
 
 def place_state(state: TrainState, shardings: TrainState) -> TrainState:

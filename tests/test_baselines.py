@@ -184,20 +184,16 @@ def test_torch_baseline_takes_the_jax_steps(method, dropout_free_model, tmp_path
     tokenizer = transformers.AutoTokenizer.from_pretrained(dropout_free_model)
     model = methods.Model(pretrained, methods.make_heads(config, pretrained.config.hidden_size),
                           config.model.pooling)
-    tx, schedule = train.make_optimizer(config)
-    host = train.init_state(model, config, tx, config.batch_size)
+    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+    host, _, shardings, step_fn = train.setup_step(model, config, mesh)
     init = jax.tree.map(np.array, jax.device_get(host.params))  # copies: the state is donated
     torch_dir = save_pretrained(pretrained, init["encoder"], str(tmp_path / "torch_init"),
                                 with_mlm_head=mlm_layout)
-    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
     pipeline = loop.build_pipeline(config, tokenizer, mesh, set())
     keys = methods.BATCH_KEYS[method]
     batches = [{k: pipeline.batch(s)[k] for k in keys} for s in range(STEPS)]
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
-    shardings = train.state_shardings(abstract, mesh)
     state = train.place_state(host, shardings)
     del host
-    step_fn = train.jit_train_step(model, config, tx, schedule, shardings, mesh)
     jax_metrics = []
     for b in batches:
         state, m = step_fn(state, b)

@@ -28,12 +28,8 @@ def test_model_flops_are_the_matmul_share_of_xlas_count():
     pre = from_pretrained(path, seed=0)
     model = methods.Model(pre, methods.make_heads(config, pre.config.hidden_size),
                           config.model.pooling)
-    tx, schedule = train.make_optimizer(config)
-    host = train.init_state(model, config, tx, config.batch_size)
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host)
-    shardings = train.state_shardings(abstract, mesh)
-    fn = train.jit_train_step(model, config, tx, schedule, shardings, mesh)
+    _, abstract, shardings, fn = train.setup_step(model, config, mesh)
     batch = step_mfu.synthetic_batch(config, pre.config.vocab_size, 0)
     compiled = fn.lower(train.abstract_with_shardings(abstract, shardings), batch).compile()
     cost = compiled.cost_analysis()
