@@ -71,18 +71,73 @@ def test_warriner():
 
 def test_emobank():
     got = read_emobank(FIX / "emobank.csv")
+    # (x - 1) / 4 for each of V, A, D
     assert got == [
-        Sentence('She said: "see you soon."', valence=approx(0.5), split="train",
-                 where=at("emobank.csv", 2)),
-        Sentence("What a wonderful day", valence=approx(0.9), split="dev",
-                 where=at("emobank.csv", 3)),
-        Sentence("Two lines,\nwith a comma.", valence=approx(0.05), split="train",
-                 where=at("emobank.csv", 4)),
-        Sentence("Plain text.", valence=approx(0.375), split="test", where=at("emobank.csv", 6)),
+        Sentence('She said: "see you soon."', valence=approx(0.5), arousal=approx(0.5),
+                 dominance=approx(0.55), split="train", where=at("emobank.csv", 2)),
+        Sentence("What a wonderful day", valence=approx(0.9), arousal=approx(0.725),
+                 dominance=approx(0.525), split="dev", where=at("emobank.csv", 3)),
+        Sentence("Two lines,\nwith a comma.", valence=approx(0.05), arousal=approx(0.775),
+                 dominance=approx(0.25), split="train", where=at("emobank.csv", 4)),
+        Sentence("Plain text.", valence=approx(0.375), arousal=approx(0.375),
+                 dominance=approx(0.375), split="test", where=at("emobank.csv", 6)),
     ]
     assert [s.split for s in read_emobank(FIX / "emobank.csv", splits=["train"])] == ["train"] * 2
     arousal = read_emobank(FIX / "emobank.csv", column="A")
     assert [s.valence for s in arousal] == approx([0.5, 0.725, 0.775, 0.375])
+
+
+def test_emobank_arousal_and_dominance(tmp_path):
+    path = tmp_path / "emobank.csv"
+    path.write_text('id,split,V,A,D,text\n'
+                    'e1,train,1.0,5.0,3.0,"calm, low"\n'
+                    'e2,dev,4.0,2.0,1.0,second\n')
+    got = read_emobank(path)
+    assert [(s.valence, s.arousal, s.dominance) for s in got] == [
+        (0.0, 1.0, 0.5), (0.75, 0.25, 0.0)]
+    # column= only changes what is called valence; arousal and dominance stay A and D.
+    by_d = read_emobank(path, column="D")
+    assert [(s.valence, s.arousal, s.dominance) for s in by_d] == [(0.5, 1.0, 0.5),
+                                                                   (0.0, 0.25, 0.0)]
+    # Same scale argument for all three: on (0, 10) a 5.0 is 0.5.
+    assert read_emobank(path, scale=(0, 10))[0].arousal == 0.5
+    path.write_text("id,split,V,A,text\ne1,train,3,3,t\n")
+    with pytest.raises(DataError, match=r":1: no column 'D' in the header"):
+        read_emobank(path, on_bad_row="skip")
+
+
+def test_warriner_arousal_and_dominance_columns(tmp_path):
+    path = tmp_path / "norms.csv"
+    path.write_text(",Word,V.Mean.Sum,V.SD.Sum,A.Mean.Sum,A.SD.Sum,D.Mean.Sum,D.SD.Sum\n"
+                    "1,calm,7.0,1.0,1.0,1.0,5.0,1.0\n"
+                    "2,panic,1.0,1.0,9.0,1.0,3.0,1.0\n")
+    # (x - 1) / 8
+    assert read_warriner(path) == {"calm": 0.75, "panic": 0.0}
+    assert read_warriner(path, valence_column="A.Mean.Sum") == {"calm": 0.0, "panic": 1.0}
+    assert read_warriner(path, valence_column="D.Mean.Sum") == {"calm": 0.5, "panic": 0.25}
+
+
+def test_load_affect_lexicons(tmp_path):
+    from softmcl_jax.data.sources import AFFECT_DIMS, load_affect_lexicons
+
+    assert AFFECT_DIMS == ("valence", "arousal", "dominance")
+    path = tmp_path / "norms.csv"
+    path.write_text(",Word,V.Mean.Sum,A.Mean.Sum,D.Mean.Sum\n"
+                    "1,calm,7.0,1.0,5.0\n"
+                    "2,panic,1.0,9.0,3.0\n")
+    assert load_affect_lexicons(str(path), ("valence", "arousal", "dominance")) == {
+        "arousal": {"calm": 0.0, "panic": 1.0}, "dominance": {"calm": 0.5, "panic": 0.25}}
+    assert load_affect_lexicons(str(path), ("arousal",)) == {"arousal": {"calm": 0.0,
+                                                                        "panic": 1.0}}
+    # Valence is load_lexicon's: nothing more to load, whatever the lexicon.
+    for name in (str(path), "vader", "none", ""):
+        assert load_affect_lexicons(name, ("valence",)) == {}
+        assert load_affect_lexicons(name, ()) == {}
+    for name in ("vader", "none", ""):
+        with pytest.raises(ValueError, match=r"config\.data\.lexicon=.* has valence only"):
+            load_affect_lexicons(name, ("valence", "dominance"))
+    with pytest.raises(ValueError, match="unknown affect dimension"):
+        load_affect_lexicons(str(path), ("valence", "joy"))
 
 
 def test_goemotions():
@@ -256,6 +311,9 @@ BAD_CASES = {
     "warriner-out-of-scale": _case(
         read_warriner, WARRINER_HEADER + W_ROW + "3,bliss,9.5,1,1,1,1,1,1,1,1\n", 3,
         "valence 9.5 is outside the stated scale [1.0, 9.0]", 1),
+    "warriner-arousal-out-of-scale": _case(
+        read_warriner, WARRINER_HEADER + W_ROW + "3,bliss,5,1,1,9.5,1,1,1,1,1\n", 3,
+        "arousal 9.5 is outside the stated scale [1.0, 9.0]", 1, valence_column="A.Mean.Sum"),
     "warriner-empty-word": _case(read_warriner, WARRINER_HEADER + "1,,5,1,1,1,1,1,1,1,1\n" + W_ROW,
                                  2, "empty word", 1),
     "warriner-duplicate": _case(
@@ -269,6 +327,11 @@ BAD_CASES = {
                            "unknown split 'valid'", 1),
     "emobank-out-of-scale": _case(read_emobank, E_HEAD + E_ROW + "fx_1,dev,5.5,3,3,text\n", 3,
                                   "valence 5.5 is outside the stated scale [1.0, 5.0]", 1),
+    "emobank-arousal-out-of-scale": _case(
+        read_emobank, E_HEAD + E_ROW + "fx_1,dev,3,0.5,3,text\n", 3,
+        "arousal 0.5 is outside the stated scale [1.0, 5.0]", 1),
+    "emobank-dominance-missing": _case(read_emobank, E_HEAD + "fx_1,dev,3,3,,text\n" + E_ROW, 2,
+                                       "missing dominance", 1),
     "emobank-empty-text": _case(read_emobank, E_HEAD + E_ROW + 'fx_1,dev,3,3,3," "\n', 3,
                                 "empty text", 1),
     "emobank-columns": _case(read_emobank, E_HEAD + "fx_1,dev,3,3,3\n" + E_ROW, 2,

@@ -164,8 +164,12 @@ def test_shapes_dtypes_and_absent_supervision():
         "token_valence_mask": ((3, 10), np.bool_), "sentence_valence": ((3,), np.float32),
         "sentence_valence_mask": ((3,), np.bool_), "labels": ((3,), np.int32),
         "multi_labels": ((3, 4), np.int32),
+        "sentence_arousal": ((3,), np.float32), "sentence_dominance": ((3,), np.float32),
+        "token_arousal": ((3, 10), np.float32), "token_dominance": ((3, 10), np.float32),
     }
     assert {k: (v.shape, v.dtype) for k, v in a.items()} == expected
+    for k in ("sentence_arousal", "sentence_dominance", "token_arousal", "token_dominance"):
+        assert (a[k] == -1.0).all(), f"{k}: no affect given, so -1 everywhere"
     np.testing.assert_array_equal(a["labels"], [1, -1, -1])
     np.testing.assert_array_equal(a["sentence_valence"], np.float32([0.9, -1.0, -1.0]))
     np.testing.assert_array_equal(a["sentence_valence_mask"], [True, False, False])
@@ -266,3 +270,82 @@ def test_specials_and_padding_never_carry_valence(texts, max_len, assign, band):
     if assign == "first":
         assert (enc.stats.num_tokens_valenced
                 == enc.stats.num_words_valenced - enc.stats.num_words_truncated)
+
+
+# --- arousal and dominance ------------------------------------------------------------------
+
+# Only some entries have an arousal (not "ok", not "good"), fewer a dominance; "wordless" is in
+# no valence lexicon, so it must never show up, whatever its arousal.
+AROUSAL = {"love": 0.7, "unhappiness": 0.3, ":)": 0.6, "hate": 0.8, "wordless": 0.9}
+DOMINANCE = {"love": 0.65, "hate": 0.25, ":)": 0.6, "wordless": 0.1}
+AFFECT = {"arousal": AROUSAL, "dominance": DOMINANCE}
+NEW_ARRAYS = ("sentence_arousal", "sentence_dominance", "token_arousal", "token_dominance")
+
+
+def test_affect_on_minilm_sits_on_the_valenced_tokens():
+    tok = minilm()
+    sents = [Sentence("I LOVED the unhappiness :) ok wordless", valence=0.7, arousal=0.4),
+             Sentence("nothing here is wordless", dominance=0.8)]
+    for assign in ("first", "all"):
+        a = encode_sentences(sents, tok, LEXICON, max_len=16, assign=assign,
+                             affect_lexicons=AFFECT).arrays
+        mask = a["token_valence_mask"]
+        # LOVED is found as the entry "love" (a lemma): it takes love's arousal and dominance.
+        if assign == "first":
+            assert tokens_of(tok, a["input_ids"][0], a["token_arousal"][0], mask[0]) == [
+                ("loved", 0.7), ("un", 0.3), (":", 0.6), ("ok", -1.0)]
+            assert tokens_of(tok, a["input_ids"][0], a["token_dominance"][0], mask[0]) == [
+                ("loved", 0.65), ("un", -1.0), (":", 0.6), ("ok", -1.0)]
+        else:
+            np.testing.assert_array_equal(
+                a["token_arousal"][0][mask[0]],
+                np.float32([0.7, 0.3, 0.3, 0.3, 0.3, 0.6, 0.6, -1.0]))
+        for k in ("token_arousal", "token_dominance"):
+            assert (a[k][~mask] == -1.0).all(), f"{k}: a value off the valenced tokens"
+        np.testing.assert_array_equal(a["sentence_arousal"], np.float32([0.4, -1.0]))
+        np.testing.assert_array_equal(a["sentence_dominance"], np.float32([-1.0, 0.8]))
+        # The documented mask of a (valence, arousal) term.
+        both = mask & (a["token_arousal"] >= 0)
+        assert both.sum() == (3 if assign == "first" else 7) and not both[1].any()
+
+
+@pytest.mark.parametrize("name", TOKENIZERS)
+@pytest.mark.parametrize("assign", ["first", "all"])
+def test_affect_lexicons_change_no_existing_array(name, assign):
+    """On every tokenizer: everything but the arousal/dominance arrays is the same with or
+    without affect lexicons, and each valenced token's arousal is its entry's."""
+    tok = tokenizer(name)
+    sents = [Sentence(t, valence=0.5, arousal=0.25, dominance=1.0) for t in CORPUS[:6]]
+    sents += [Sentence("I LOVED  the unhappiness :) ok"), Sentence("no words at all")]
+    kw = {"max_len": 24, "assign": assign}
+    plain = encode_sentences(sents, tok, LEXICON, **kw)
+    # Every entry's arousal is half its valence (exact in float32), so that each token's
+    # arousal can be checked against the valence it carries, whichever word that came from.
+    half = {w: v / 2 for w, v in LEXICON.items()}
+    rich = encode_sentences(sents, tok, LEXICON, affect_lexicons={"arousal": half}, **kw)
+    assert plain.arrays.keys() == rich.arrays.keys()
+    for k in plain.arrays.keys() - {"token_arousal"}:
+        np.testing.assert_array_equal(rich.arrays[k], plain.arrays[k], err_msg=k)
+    np.testing.assert_array_equal(rich.truncated, plain.truncated)
+    assert rich.stats == plain.stats
+    assert (plain.arrays["token_arousal"] == -1.0).all()
+    np.testing.assert_array_equal(plain.arrays["sentence_arousal"],
+                                  np.float32([0.25] * 6 + [-1.0] * 2))
+    np.testing.assert_array_equal(plain.arrays["sentence_dominance"],
+                                  np.float32([1.0] * 6 + [-1.0] * 2))
+    a = rich.arrays
+    mask = a["token_valence_mask"]
+    assert mask.any()
+    np.testing.assert_array_equal(a["token_arousal"][mask], a["token_valence"][mask] / 2)
+    assert (a["token_arousal"][~mask] == -1.0).all()
+    assert (a["token_dominance"] == -1.0).all()  # no dominance lexicon given
+
+
+def test_bad_affect_inputs_raise():
+    tok = minilm()
+    with pytest.raises(ValueError, match=r"arousal of 'love' is 1\.5.*\[0, 1\]"):
+        encode_sentences([Sentence("x")], tok, LEXICON, affect_lexicons={"arousal": {"love": 1.5}})
+    with pytest.raises(ValueError, match="affect_lexicons has"):
+        encode_sentences([Sentence("x")], tok, LEXICON, affect_lexicons={"valence": LEXICON})
+    with pytest.raises(ValueError, match="f.tsv:4: dominance -0.5 is not in"):
+        encode_sentences([Sentence("x", dominance=-0.5, where="f.tsv:4")], tok, LEXICON)

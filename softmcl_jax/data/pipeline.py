@@ -53,7 +53,8 @@ SHUFFLE_STREAM = 0x5348  # "SH"
 # What a padding row (drop_remainder=False) carries instead of supervision.
 _NO_SUPERVISION = {
     "labels": -1, "multi_labels": 0, "sentence_valence": -1.0, "sentence_valence_mask": False,
-    "token_valence": 0.0, "token_valence_mask": False,
+    "token_valence": 0.0, "token_valence_mask": False, "sentence_arousal": -1.0,
+    "sentence_dominance": -1.0, "token_arousal": -1.0, "token_dominance": -1.0,
 }
 
 

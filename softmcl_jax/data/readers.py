@@ -9,14 +9,14 @@ Shared behaviour, so that no reader drops anything silently:
   counted, logged, and each reader logs its count at the end.
   Problems with the file as a whole (missing file, empty file, a header without a needed column)
   always raise: skipping them would skip everything.
-* Bad rows are: a wrong number of columns, an empty line, an empty text, a valence that is not a
-  number or lies outside the scale the caller states, an unknown label id, a line that is not
-  valid UTF-8 (files are read as bytes and decoded line by line so that the line is known), and,
-  in lexicons, a word listed twice with different values (twice with the same value is fine and
-  kept once).
+* Bad rows are: a wrong number of columns, an empty line, an empty text, a valence (arousal,
+  dominance) that is not a number or lies outside the scale the caller states, an unknown label
+  id, a line that is not valid UTF-8 (files are read as bytes and decoded line by line so that
+  the line is known), and, in lexicons, a word listed twice with different values (twice with
+  the same value is fine and kept once).
 * Files may start with a UTF-8 BOM and use CRLF or LF line ends; ``.gz`` files are decompressed.
-* Valences are mapped to [0, 1] from the ``scale=(low, high)`` the caller states
-  (``records.scale_to_unit``); each reader's default is its source's documented scale.
+* Valences (arousal, dominance) are mapped to [0, 1] from the ``scale=(low, high)`` the caller
+  states (``records.scale_to_unit``); each reader's default is its source's documented scale.
 * Texts are returned as in the file, except where a format's docstring says it strips them.
 """
 
@@ -49,6 +49,9 @@ OnBadRow = str | BadRows
 
 _BOM = b"\xef\xbb\xbf"
 EMOBANK_SPLITS = ("train", "dev", "test")
+# Rating columns of the Warriner norms and EmoBank, named in error messages.
+_WARRINER_RATINGS = {"V.Mean.Sum": "valence", "A.Mean.Sum": "arousal", "D.Mean.Sum": "dominance"}
+_EMOBANK_RATINGS = {"V": "valence", "A": "arousal", "D": "dominance"}
 GOEMOTIONS_NUM_LABELS = 28  # 27 emotions + neutral, the order of GoEmotions' emotions.txt
 
 
@@ -195,8 +198,9 @@ def _number(raw: Any, path: str, line: int, what: str) -> float:
     return value
 
 
-def _valence(raw: Any, scale: tuple[float, float], path: str, line: int) -> float:
-    return scale_to_unit(_number(raw, path, line, "valence"), *scale, path=path, line=line)
+def _valence(raw: Any, scale: tuple[float, float], path: str, line: int,
+             what: str = "valence") -> float:
+    return scale_to_unit(_number(raw, path, line, what), *scale, path=path, line=line, what=what)
 
 
 def _label_id(raw: Any, num_labels: int | None, path: str, line: int) -> int:
@@ -301,9 +305,14 @@ def read_warriner(
     ``V.Mean.Sum`` (mean valence, 1 = unhappy .. 9 = happy) are read; every row must have as many
     fields as the header. A word listed twice with different valences is a bad row; listed twice
     with the same valence it is kept once. Words are kept as written (Warriner's are lower case).
+
+    ``valence_column`` reads another rating the same way, on the same 1..9 scale:
+    ``A.Mean.Sum`` (arousal, 1 = calm .. 9 = excited) or ``D.Mean.Sum`` (dominance, 1 =
+    controlled .. 9 = in control), as ``sources.load_affect_lexicons`` does.
     """
     path, bad = str(path), _policy(on_bad_row)
     low_high = _scale(scale)
+    what = _WARRINER_RATINGS.get(valence_column, "valence")
     columns, rows = _csv_table(path, bad, (word_column, valence_column))
     lexicon: dict[str, float] = {}
     seen: dict[str, tuple[int, str]] = {}
@@ -313,7 +322,7 @@ def read_warriner(
             if not word.strip():
                 raise DataError(path, line, "empty word")
             raw = fields[columns[valence_column]]
-            value = _valence(raw, low_high, path, line)
+            value = _valence(raw, low_high, path, line, what)
             _add_word(lexicon, seen, word, value, raw, path, line, "raise")
         except DataError as e:
             bad.handle(e)
@@ -429,30 +438,39 @@ def read_emobank(
     splits: Iterable[str] | None = None,
     on_bad_row: OnBadRow = "raise",
 ) -> list[Sentence]:
-    """EmoBank (Buechel & Hahn 2017) -> sentences with valence and split.
+    """EmoBank (Buechel & Hahn 2017) -> sentences with valence, arousal, dominance and split.
 
     Format: CSV with header ``id,split,V,A,D,text``; V/A/D are means on a 1..5 SAM scale (5 = most
-    positive). ``split`` is ``train``, ``dev`` or ``test`` (anything else is a bad row). Texts are
-    CSV-quoted and may contain commas, doubled quotes and line breaks, so a record can span
-    lines; ``where`` names the line it starts on. ``column`` picks V (default), A or D as the
-    valence. ``splits`` keeps only those splits (others are not errors, just not asked for).
+    positive / excited / in control). ``split`` is ``train``, ``dev`` or ``test`` (anything else
+    is a bad row). Texts are CSV-quoted and may contain commas, doubled quotes and line breaks,
+    so a record can span lines; ``where`` names the line it starts on. ``column`` picks V
+    (default), A or D as the ``valence``; ``arousal`` is always column A and ``dominance`` column
+    D, on the same ``scale``, so all three columns are required and a bad value in any of them
+    makes the row bad. ``splits`` keeps only those splits (others are not errors, just not asked
+    for).
     """
     path, bad = str(path), _policy(on_bad_row)
     low_high = _scale(scale)
     wanted = None if splits is None else set(splits)
     if wanted is not None and not wanted <= set(EMOBANK_SPLITS):
         raise ValueError(f"splits must be among {EMOBANK_SPLITS}, got {sorted(wanted)}")
-    columns, rows = _csv_table(path, bad, ("split", column, "text"))
+    # The valence column first, so that a file without it is reported as such.
+    required = tuple(dict.fromkeys(("split", column, "A", "D", "text")))
+    columns, rows = _csv_table(path, bad, required)
     out: list[Sentence] = []
     for line, fields in rows:
         try:
             split = fields[columns["split"]]
             if split not in EMOBANK_SPLITS:
                 raise DataError(path, line, f"unknown split {split!r} (expected {EMOBANK_SPLITS})")
-            valence = _valence(fields[columns[column]], low_high, path, line)
+            valence, arousal, dominance = (
+                _valence(fields[columns[name]], low_high, path, line,
+                         _EMOBANK_RATINGS.get(name, "valence"))
+                for name in (column, "A", "D"))
             text = _text(fields[columns["text"]], path, line)
             if wanted is None or split in wanted:
-                out.append(Sentence(text, valence=valence, split=split, where=f"{path}:{line}"))
+                out.append(Sentence(text, valence=valence, arousal=arousal, dominance=dominance,
+                                    split=split, where=f"{path}:{line}"))
         except DataError as e:
             bad.handle(e)
     _finish(path, len(out), "sentences", bad)

@@ -1,7 +1,8 @@
 """What readers produce and how bad input is reported.
 
 Every record carries ``where`` ("PATH:LINE") so that any later complaint can point at the source.
-Valences are already normalised to [0, 1] from the scale the config states (see ``scale_to_unit``).
+Valences (and arousal, dominance) are already normalised to [0, 1] from the scale the config states
+(see ``scale_to_unit``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class Sentence:
 
     text: str
     valence: float | None = None  # in [0, 1]
+    arousal: float | None = None  # in [0, 1] (EmoBank's A; calm 0 .. excited 1)
+    dominance: float | None = None  # in [0, 1] (EmoBank's D; controlled 0 .. in control 1)
     label: int | None = None  # single class id (SST, single-label GoEmotions)
     labels: tuple[int, ...] = ()  # multi-label ids (GoEmotions)
     split: str | None = None  # "train" | "dev" | "test" where the source says
@@ -52,10 +55,14 @@ class AspectExample:
     where: str = ""
 
 
-def scale_to_unit(value: float, low: float, high: float, *, path: str, line: int) -> float:
-    """Map a rating on [low, high] to [0, 1]; a value outside the scale is a DataError."""
+def scale_to_unit(value: float, low: float, high: float, *, path: str, line: int,
+                  what: str = "valence") -> float:
+    """Map a rating on [low, high] to [0, 1]; a value outside the scale is a DataError.
+
+    ``what`` names the rating in that error ("valence", "arousal", "dominance").
+    """
     if not low <= value <= high:
-        raise DataError(path, line, f"valence {value} is outside the stated scale [{low}, {high}]")
+        raise DataError(path, line, f"{what} {value} is outside the stated scale [{low}, {high}]")
     return (value - low) / (high - low)
 
 

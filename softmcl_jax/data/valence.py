@@ -34,8 +34,16 @@ tokenizer; the valences of words that fall past the cut are dropped with their t
 dropped: :class:`EncodeStats` counts the truncated examples and the valenced words lost, and
 ``Encoded.truncated`` says which examples.
 
+**Arousal and dominance.** Words are found with the valence ``lexicon`` alone; ``affect_lexicons``
+(e.g. ``sources.load_affect_lexicons``) only add, on each token that carries a word's valence, the
+arousal / dominance of the same lexicon entry (:attr:`WordValence.entry`), -1.0 where that lexicon
+has no such entry. So the tokens of a word-level term over valence and arousal are
+``token_valence_mask & (token_arousal >= 0)``.
+
 **Absent supervision.** ``labels`` is -1 where a sentence has no single label;
-``sentence_valence`` is -1.0 where it has no valence (``sentence_valence_mask`` False). A finite
+``sentence_valence`` is -1.0 where it has no valence (``sentence_valence_mask`` False), likewise
+``sentence_arousal`` / ``sentence_dominance`` (no mask arrays: ``>= 0`` is the mask), and
+``token_arousal`` / ``token_dominance`` are -1.0 on every token without a value. A finite
 sentinel rather than NaN, because a NaN that a loss masks out with ``where`` still poisons the
 gradient.
 """
@@ -56,6 +64,8 @@ from softmcl_jax.data.records import Sentence
 log = logging.getLogger(__name__)
 
 ASSIGN_MODES = ("first", "all")
+# The dimensions besides valence that encode_sentences emits (sentence_* and token_* arrays).
+AFFECT_ARRAY_DIMS = ("arousal", "dominance")
 
 _CHUNK = re.compile(r"\S+")
 _WORD = re.compile(r"\w+(?:['’\-]\w+)*")
@@ -108,6 +118,9 @@ class Encoded:
       special_tokens_mask (N, L) bool: special tokens and padding (never masked for MLM),
       token_valence (N, L) float32 (0 where no valence), token_valence_mask (N, L) bool,
       sentence_valence (N,) float32 (-1 where absent), sentence_valence_mask (N,) bool,
+      sentence_arousal, sentence_dominance (N,) float32 (-1 where absent),
+      token_arousal, token_dominance (N, L) float32: the ``affect_lexicons`` value of the word on
+        tokens with token_valence_mask set, -1 where that lexicon lacks it and on all other tokens,
       labels (N,) int32 (-1 where absent),
       multi_labels (N, num_labels) int32 multi-hot, only when ``num_labels`` is given.
     """
@@ -224,14 +237,25 @@ def word_valences(text: str, lexicon: Mapping[str, float], *, neutral_band: floa
     return found
 
 
-def _check_lexicon(lexicon: Mapping[str, float]) -> dict[str, float]:
+def _check_lexicon(lexicon: Mapping[str, float], what: str = "valence") -> dict[str, float]:
     out: dict[str, float] = {}
     for k, v in lexicon.items():
         v = float(v)
         if not 0.0 <= v <= 1.0:
-            raise ValueError(f"lexicon valence of {k!r} is {v}; valences must be in [0, 1]")
+            raise ValueError(f"lexicon {what} of {k!r} is {v}; {what} values must be in [0, 1]")
+        # Affect lexicons are keyed the same way, so that a WordValence.entry finds their values.
         out.setdefault(k.lower().replace("’", "'"), v)
     return out
+
+
+def _check_affect_lexicons(affect_lexicons: Mapping[str, Mapping[str, float]] | None
+                           ) -> dict[str, dict[str, float]]:
+    affect_lexicons = affect_lexicons or {}
+    unknown = sorted(set(affect_lexicons) - set(AFFECT_ARRAY_DIMS))
+    if unknown:
+        raise ValueError(f"affect_lexicons has {unknown}; its keys are among {AFFECT_ARRAY_DIMS} "
+                         "(word valences come from `lexicon`)")
+    return {d: _check_lexicon(lex, d) for d, lex in affect_lexicons.items()}
 
 
 def encode_sentences(
@@ -244,6 +268,7 @@ def encode_sentences(
     neutral_band: float = 0.0,
     lemma: bool = True,
     num_labels: int | None = None,
+    affect_lexicons: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Encoded:
     """Tokenise ``sentences`` once and attach word valences; see the module docstring.
 
@@ -257,6 +282,9 @@ def encode_sentences(
       lemma: try :func:`lemma_candidates` when a word is not in the lexicon as written.
       num_labels: if given, also emit ``multi_labels`` (N, num_labels) from ``Sentence.labels``
         (or from ``Sentence.label`` where ``labels`` is empty).
+      affect_lexicons: optional ``{"arousal": {word: a}, "dominance": {word: d}}`` (either key),
+        values in [0, 1], keyed like ``lexicon``'s entries; they fill ``token_arousal`` /
+        ``token_dominance`` on the valenced tokens and find no words of their own.
     Returns:
       :class:`Encoded` with numpy arrays of fixed shape and the encoding statistics.
     """
@@ -268,6 +296,7 @@ def encode_sentences(
         raise TypeError("encode_sentences needs a fast tokenizer (character offsets); got "
                         f"{type(tokenizer).__name__}")
     lex = _check_lexicon(lexicon)
+    affect = _check_affect_lexicons(affect_lexicons)
     n = len(sentences)
     enc = tokenizer(
         [s.text for s in sentences], max_length=max_len, truncation=True, padding="max_length",
@@ -287,6 +316,7 @@ def encode_sentences(
     stats = EncodeStats(num_sentences=n, num_truncated=int(truncated.sum()))
     token_valence = np.zeros((n, max_len), np.float32)
     token_mask = np.zeros((n, max_len), bool)
+    token_affect = {d: np.full((n, max_len), -1.0, np.float32) for d in AFFECT_ARRAY_DIMS}
     for i, s in enumerate(sentences):
         words = word_valences(s.text, lex, neutral_band=neutral_band, lemma=lemma, stats=stats)
         if not words:
@@ -316,6 +346,9 @@ def encode_sentences(
             pos, j = pos[first], j[first]
         token_valence[i, pos] = wv[j]
         token_mask[i, pos] = True
+        for d, values in affect.items():
+            wa = np.array([values.get(w.entry, -1.0) for w in words], np.float32)
+            token_affect[d][i, pos] = wa[j]
         stats.num_words_sharing_token += int(covered.sum()) - len(np.unique(j))
         lost = len(words) - int(covered.sum())
         if lost and not truncated[i]:
@@ -325,13 +358,16 @@ def encode_sentences(
     stats.num_tokens_valenced = int(token_mask.sum())
 
     sentence_valence = np.full(n, -1.0, np.float32)
+    sentence_affect = {d: np.full(n, -1.0, np.float32) for d in AFFECT_ARRAY_DIMS}
     labels = np.full(n, -1, np.int32)
     for i, s in enumerate(sentences):
-        if s.valence is not None:
-            if not 0.0 <= s.valence <= 1.0:
-                raise ValueError(f"{s.where or f'sentence #{i}'}: valence {s.valence} is not in "
-                                 "[0, 1]")
-            sentence_valence[i] = s.valence
+        for d, out in (("valence", sentence_valence), *sentence_affect.items()):
+            value = getattr(s, d)
+            if value is not None:
+                if not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{s.where or f'sentence #{i}'}: {d} {value} is not in "
+                                     "[0, 1]")
+                out[i] = value
         if s.label is not None:
             labels[i] = s.label
     arrays = {
@@ -342,6 +378,8 @@ def encode_sentences(
         "token_valence_mask": token_mask,
         "sentence_valence": sentence_valence,
         "sentence_valence_mask": sentence_valence >= 0,
+        **{f"sentence_{d}": sentence_affect[d] for d in AFFECT_ARRAY_DIMS},
+        **{f"token_{d}": token_affect[d] for d in AFFECT_ARRAY_DIMS},
         "labels": labels,
     }
     if num_labels is not None:
