@@ -3,20 +3,27 @@
 ``data.source`` names a reader (``vader``, ``emobank``, ``goemotions``, ``sst``, ``csv``, ``jsonl``,
 ``hf``); ``data.path`` is its file (unused for the shipped ``vader``); the other fields are the
 reader's arguments, all visible in the config. ``data.lexicon`` is ``vader`` (shipped), ``none``, or
-a Warriner-format CSV path.
+a Warriner-format CSV path; only the last has word arousal and dominance (``load_affect_lexicons``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import ml_collections
 
 from softmcl_jax.data import readers
-from softmcl_jax.data.records import Sentence
+from softmcl_jax.data.records import DataError, Sentence
 from softmcl_jax.data.vader import load_vader_lexicon, load_vader_sentences
 
 log = logging.getLogger(__name__)
+
+SOURCES = ("vader", "emobank", "goemotions", "sst", "csv", "tsv", "jsonl", "hf")
+# The affect dimensions a label may have (records.Sentence fields, encode_sentences arrays).
+AFFECT_DIMS = ("valence", "arousal", "dominance")
+# The mean-rating column of each dimension in the Warriner et al. norms (all on 1..9).
+_WARRINER_COLUMNS = {"valence": "V.Mean.Sum", "arousal": "A.Mean.Sum", "dominance": "D.Mean.Sum"}
 
 
 def _scale(d: ml_collections.ConfigDict) -> tuple[float, float] | None:
@@ -61,8 +68,7 @@ def load_sentences(d: ml_collections.ConfigDict) -> list[Sentence]:
             label_column=d.get("label_column") or None,
             valence_column=d.get("valence_column") or None, scale=_scale(d),
             on_bad_row=bad)
-    raise ValueError(f"config.data.source={src!r} is not one of vader, emobank, goemotions, sst, "
-                     "csv, tsv, jsonl, hf")
+    raise ValueError(f"config.data.source={src!r} is not one of {SOURCES}")
 
 
 def load_lexicon(name: str) -> dict[str, float]:
@@ -72,3 +78,44 @@ def load_lexicon(name: str) -> dict[str, float]:
     if name in ("none", ""):
         return {}
     return readers.read_warriner(name)
+
+
+def load_affect_lexicons(name: str, dims: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{dim: {word: value in [0, 1]}}`` for each of ``dims`` other than ``"valence"``.
+
+    ``dims`` are names among :data:`AFFECT_DIMS`; valence itself is :func:`load_lexicon`'s (the
+    word lexicon that finds the words), so asking for it alone gives ``{}``. ``name`` is
+    ``config.data.lexicon``: a Warriner-format CSV path gives arousal from ``A.Mean.Sum`` and
+    dominance from ``D.Mean.Sum`` (1..9, mapped to [0, 1]). ``vader`` and ``none`` have valence
+    only: asking them for another dimension raises ``ValueError``.
+    """
+    unknown = [d for d in dims if d not in AFFECT_DIMS]
+    if unknown:
+        raise ValueError(f"unknown affect dimension(s) {unknown}: the known ones are {AFFECT_DIMS}")
+    wanted = [d for d in dict.fromkeys(dims) if d != "valence"]
+    if not wanted:
+        return {}
+    if name in ("vader", "none", ""):
+        raise ValueError(
+            f"config.data.lexicon={name!r} has valence only, but word-level {', '.join(wanted)} "
+            "was asked for: set config.data.lexicon to a Warriner-format CSV (e.g. "
+            "Ratings_Warriner_et_al.csv, with A.Mean.Sum and D.Mean.Sum columns)")
+    return {d: readers.read_warriner(name, valence_column=_WARRINER_COLUMNS[d]) for d in wanted}
+
+
+def check_labels(sentences: Sequence[Sentence], num_labels: int) -> None:
+    """Every class id (single or multi-label) must lie in ``[0, num_labels)``, whatever the
+    source: an id past the head's size would index outside its logits and train to NaN.
+
+    Raises ``DataError`` at the first bad row, naming it and counting the others.
+    """
+    bad = [(s, y) for s in sentences
+           for y in ((s.label,) if s.label is not None else ()) + tuple(s.labels)
+           if not 0 <= y < num_labels]
+    if bad:
+        s, y = bad[0]
+        path, _, line = s.where.rpartition(":")
+        others = len({id(b) for b, _ in bad}) - 1
+        raise DataError(path or "data", int(line) if line.isdigit() else None,
+                        f"label {y} does not fit config.data.num_labels={num_labels} (ids 0.."
+                        f"{num_labels - 1})" + (f"; {others} more rows like it" if others else ""))
