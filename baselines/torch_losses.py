@@ -87,7 +87,8 @@ def supervised_contrastive(features, labels, *, temperature, queue_keys=None, qu
 
 
 def soft_label_targets(valence, queue_valence=None, *, valid=None, queue_valid=None,
-                       label_temperature=0.1, valence_range=1.0, exclude_self=False):
+                       label_temperature=0.1, valence_range=1.0, label_weights=None,
+                       exclude_self=False):
     b = valence.shape[0]
     valid = _valid(valid, b, valence.device)
     cand_v, cand_valid = valence, valid
@@ -97,19 +98,28 @@ def soft_label_targets(valence, queue_valence=None, *, valid=None, queue_valid=N
     cand = cand_valid[None, :].expand(b, -1).clone()
     if exclude_self:
         cand[torch.arange(b), torch.arange(b)] = False
-    sim = 1.0 - (valence[:, None] - cand_v[None, :]).abs() / valence_range
+    if valence.dim() == 1 and label_weights is None:
+        dist = (valence[:, None] - cand_v[None, :]).abs()
+    else:
+        # (N, D) labels: the weighted L1 over the dimensions, through a (N, N + K, D) broadcast.
+        v, c = (valence[:, None], cand_v[:, None]) if valence.dim() == 1 else (valence, cand_v)
+        w = (torch.ones(v.shape[1], dtype=v.dtype, device=v.device) if label_weights is None
+             else torch.as_tensor(label_weights, dtype=v.dtype, device=v.device))
+        dist = ((v[:, None, :] - c[None, :, :]).abs() * w).sum(-1)
+    sim = 1.0 - dist / valence_range
     t = torch.softmax((sim / label_temperature).masked_fill(~cand, float("-inf")), dim=1)
     return torch.nan_to_num(t, nan=0.0), cand  # rows without candidates: softmax of -inf = NaN
 
 
 def soft_label_contrastive(query, key, valence, *, temperature, queue_keys=None,
                            queue_valence=None, valid=None, queue_valid=None,
-                           label_temperature=0.1, valence_range=1.0, exclude_self=False,
-                           normalize=True, reduction="mean"):
+                           label_temperature=0.1, valence_range=1.0, label_weights=None,
+                           exclude_self=False, normalize=True, reduction="mean"):
     q, cands, valid, _ = _setup(query, key, queue_keys, valid, queue_valid, normalize)
     t, cand = soft_label_targets(valence, queue_valence, valid=valid, queue_valid=queue_valid,
                                  label_temperature=label_temperature,
-                                 valence_range=valence_range, exclude_self=exclude_self)
+                                 valence_range=valence_range, label_weights=label_weights,
+                                 exclude_self=exclude_self)
     include = valid & cand.any(1)
     logits = (q @ cands.T / temperature)[include].masked_fill(~cand[include], float("-inf"))
     log_p = torch.log_softmax(logits, dim=1)

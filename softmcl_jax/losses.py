@@ -26,6 +26,7 @@ Conventions shared by every contrastive loss here:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
@@ -104,6 +105,36 @@ def _candidates(valid: Array, queue_valid: Array | None, exclude_self: bool) -> 
 
 def _concat(batch: Array, queue: Array | None) -> Array:
     return batch if queue is None else jnp.concatenate([batch, queue])
+
+
+def _label_distance(v: Array, cand: Array, label_weights: Array | Sequence[float] | None
+                    ) -> Array:
+    r"""``(N, N + K)`` label distances ``d_ij = sum_d w_d |v_id - c_jd|`` (``|v_i - c_j|`` in 1-D).
+
+    ``v`` is ``(N,)`` or ``(N, D)``, ``cand`` ``(N + K,)`` or ``(N + K, D)`` correspondingly;
+    ``label_weights`` is ``None`` (all ones) or ``(D,)`` (``(1,)`` for 1-D labels).
+    """
+    if v.ndim == 1 and label_weights is None:
+        return jnp.abs(v[:, None] - cand[None, :])
+    if v.ndim == 1:
+        v, cand = v[:, None], cand[:, None]
+    n_dims = v.shape[1]
+    if n_dims == 0:
+        raise ValueError("labels of shape (N, 0): there is no label dimension to compare")
+    w = None if label_weights is None else _as_float(label_weights)
+    if w is not None and w.shape != (n_dims,):
+        raise ValueError(f"label_weights must have shape ({n_dims},) for {n_dims} label "
+                         f"dimension(s), got {w.shape}")
+    # A Python sum over the (static, few) dimensions instead of reducing an (N, N + K, D)
+    # difference: that array would be D times the size of the logits, with a 65k queue the
+    # largest of the step. With D = 1 and w = 1 the sum is w_0 |.| = |.|, bitwise the 1-D case.
+    dist = None
+    for d in range(n_dims):
+        term = jnp.abs(v[:, None, d] - cand[None, :, d])
+        if w is not None:
+            term = w[d] * term
+        dist = term if dist is None else dist + term
+    return dist
 
 
 def _masked_logsumexp(logits: Array, weights: Array) -> Array:
@@ -249,37 +280,69 @@ def soft_label_targets(
     queue_valid: Array | None = None,
     label_temperature: float | Array = 0.1,
     valence_range: float | Array = 1.0,
+    label_weights: Array | Sequence[float] | None = None,
     exclude_self: bool = False,
 ) -> Array:
     r"""SoftMCL target distribution over candidates, ``(N, N + K)``, under ``stop_gradient``.
 
-    Sentiment similarity ``s_ij = 1 - |v_i - v_j| / valence_range`` (``valence_range`` is
-    ``v_max - v_min``; 1 for valences normalised to ``[0, 1]``), and
+    Labels are one valence per row, ``(N,)``, or ``D`` affect dimensions per row, ``(N, D)``
+    (e.g. valence, arousal, dominance), all on a scale of width ``valence_range`` (``v_max -
+    v_min``; 1 for labels normalised to ``[0, 1]``). Their distance is the weighted L1
+
+    .. math::
+      d_{ij} = \sum_{d \le D} w_d\, |v_{id} - v_{jd}|   \qquad (d_{ij} = |v_i - v_j|
+      \text{ for } (N,) \text{ labels})
+
+    with ``w = label_weights`` (default all ones), the sentiment similarity is
+    ``s_ij = 1 - d_ij / valence_range``, and
 
     .. math::
       t_{ij} = \frac{\exp(s_{ij} / \lambda)}{\sum_{c \in C(i)} \exp(s_{ic} / \lambda)}
-             = \operatorname{softmax}_{j \in C(i)}\Big(-\frac{|v_i - v_j|}{\lambda\,
+             = \operatorname{softmax}_{j \in C(i)}\Big(-\frac{d_{ij}}{\lambda\,
                (v_{max} - v_{min})}\Big)
 
     over the valid candidates ``C(i)`` (batch keys, minus ``i`` itself if ``exclude_self``, and
     valid queue slots), 0 elsewhere; a row with no candidate is all 0. Why a softmax: it is a
-    proper distribution for any ``s``, it keeps the ordering by valence distance, and
+    proper distribution for any ``s``, it keeps the ordering by label distance, and
     ``lambda = label_temperature`` interpolates between uniform (``lambda -> inf``) and one-hot on
-    the nearest valence, uniform over ties (``lambda -> 0``): with distinct valences this is
+    the nearest label, uniform over ties (``lambda -> 0``): with distinct valences this is
     InfoNCE's diagonal, with class-valued valences it is SupCon's uniform target over positives.
-    The second form shows that only ``lambda * valence_range`` matters.
+    The second form shows that only ``lambda * valence_range`` matters; with ``D`` dimensions at
+    the default unit weights ``d`` spans ``D`` times the range, so weights summing to 1 keep a
+    ``lambda`` tuned for one valence comparable. A weight of 0 removes its dimension.
+
+    ``(N, 1)`` labels with ``label_weights=(1.0,)`` give bitwise the targets of the same labels
+    as ``(N,)``.
+
+    Args:
+      valence: ``(N,)`` or ``(N, D)`` labels of the batch rows.
+      queue_valence: ``(K,)`` or ``(K, D)`` (the same rank as ``valence``) labels of the queue.
+      valid: optional ``(N,)`` bool; padding rows are neither anchors nor candidates.
+      queue_valid: optional ``(K,)`` bool, ``False`` for empty queue slots.
+      label_temperature: ``lambda > 0``.
+      valence_range: ``v_max - v_min`` of every dimension.
+      label_weights: optional ``(D,)`` non-negative weights ``w`` (``(1,)`` for ``(N,)`` labels);
+        default all ones.
+      exclude_self: drop candidate ``i`` for anchor ``i``.
     """
+    ndim = jnp.ndim(valence)
+    if ndim not in (1, 2):
+        raise ValueError(f"valence must be (N,) or (N, D), got shape {jnp.shape(valence)}")
+    if queue_valence is not None and jnp.ndim(queue_valence) != ndim:
+        raise ValueError(f"queue_valence {jnp.shape(queue_valence)} must have the rank of "
+                         f"valence {jnp.shape(valence)}: (K,) with (N,), (K, D) with (N, D)")
     # Padding valences are zeroed first: a NaN there would otherwise reach the gradient.
+    row = lambda mask: mask if ndim == 1 else mask[:, None]
     valid = _mask(valid, jnp.shape(valence)[0])
-    v = jnp.where(valid, _as_float(valence), 0.0)
+    v = jnp.where(row(valid), _as_float(valence), 0.0)
     if queue_valence is not None:
         queue_valid = _mask(queue_valid, jnp.shape(queue_valence)[0])
-        queue_valence = jnp.where(queue_valid, _as_float(queue_valence), 0.0)
+        queue_valence = jnp.where(row(queue_valid), _as_float(queue_valence), 0.0)
     else:
         queue_valid = None
     # s_ij / lambda minus the constant 1 / lambda, which the softmax ignores: at a small lambda
     # the constant would eat the float32 mantissa (1000 + log n loses ~1e-4 of the target).
-    scaled = -jnp.abs(v[:, None] - _concat(v, queue_valence)[None, :]) / (
+    scaled = -_label_distance(v, _concat(v, queue_valence), label_weights) / (
         valence_range * label_temperature
     )
     cand = _candidates(valid, queue_valid, exclude_self)
@@ -301,6 +364,7 @@ def soft_label_contrastive(
     queue_valid: Array | None = None,
     label_temperature: float | Array = 0.1,
     valence_range: float | Array = 1.0,
+    label_weights: Array | Sequence[float] | None = None,
     exclude_self: bool = False,
     normalize: bool = True,
     reduction: Reduction = "mean",
@@ -321,18 +385,22 @@ def soft_label_contrastive(
     Sentence level: one vector and one valence per sentence. Word level: token vectors gathered
     into a fixed-size ``(N, D)`` array, their valences ``(N,)`` and ``valid (N,)`` marking real
     tokens (padding slots neither anchor nor candidate), typically with ``exclude_self=True``.
+    Several affect dimensions (valence, arousal, dominance) per row: labels ``(N, A)`` and
+    ``(K, A)``, compared by the weighted L1 distance of :func:`soft_label_targets`.
 
     Args:
       query: ``(N, D)`` anchors.
       key: ``(N, D)`` in-batch candidates (``key[i]`` pairs with ``query[i]``).
-      valence: ``(N,)`` valences of the pairs, normalised so ``v_max - v_min = valence_range``.
+      valence: ``(N,)`` valences of the pairs, or ``(N, A)`` labels over ``A`` affect
+        dimensions, normalised so ``v_max - v_min = valence_range``.
       temperature: ``tau > 0`` of the feature softmax.
       queue_keys: optional ``(K, D)`` extra candidates.
-      queue_valence: ``(K,)`` valences of the queue; required with ``queue_keys``.
+      queue_valence: ``(K,)`` (or ``(K, A)``) labels of the queue; required with ``queue_keys``.
       valid: optional ``(N,)`` bool; padding rows are neither anchors nor candidates.
       queue_valid: optional ``(K,)`` bool, ``False`` for empty queue slots.
       label_temperature: ``lambda > 0`` of the target softmax.
       valence_range: ``v_max - v_min``.
+      label_weights: optional ``(A,)`` weights of the label dimensions (default all ones).
       exclude_self: drop candidate ``i`` for anchor ``i`` (single-view use).
       normalize: L2-normalise query, key and queue first.
       reduction: ``"mean"`` over anchors with a candidate, ``"sum"`` or ``"none"`` (``(N,)``).
@@ -349,7 +417,7 @@ def soft_label_contrastive(
     targets = soft_label_targets(
         valence, queue_valence, valid=valid, queue_valid=queue_valid,
         label_temperature=label_temperature, valence_range=valence_range,
-        exclude_self=exclude_self,
+        label_weights=label_weights, exclude_self=exclude_self,
     )
     cand = _candidates(valid, queue_valid, exclude_self)
     # -sum_j t_ij (l_ij - lse_i), written so that an all-zero target row gives exactly 0.
@@ -593,12 +661,8 @@ def lcl_objective(
     All three are means over valid rows (``L_LCL`` over valid rows with a positive).
     """
     valid = _mask(valid, features.shape[0])
-    labels = jnp.asarray(labels)
-    rows = lambda logits: jnp.where(valid[:, None], _as_float(logits), 0.0)
-    ce = lambda logits: _mean_over(
-        optax.softmax_cross_entropy_with_integer_labels(rows(logits), labels), valid
-    )
-    class_weights = jax.nn.softmax(rows(weight_logits), axis=-1)
+    ce = lambda logits: classifier_cross_entropy(logits, labels, valid=valid)
+    class_weights = class_probabilities(weight_logits, valid)
     if detach_class_weights:
         class_weights = jax.lax.stop_gradient(class_weights)
     lcl = label_aware_contrastive(
@@ -606,6 +670,30 @@ def lcl_objective(
         queue_labels=queue_labels, valid=valid, queue_valid=queue_valid, normalize=normalize,
     )
     return alpha * (ce(classifier_logits) + ce(weight_logits)) + (1.0 - alpha) * lcl
+
+
+def classifier_cross_entropy(logits: Array, labels: Array, *, valid: Array | None = None,
+                             reduction: Reduction = "mean") -> Array:
+    r"""Softmax cross-entropy of ``(B, C)`` logits against ``(B,)`` labels in ``[0, C)``,
+    ``mean_{i valid} -log softmax(logits_i)[y_i]`` (LCL's ``L_ce`` and ``L_w``).
+
+    Invalid rows' logits are zeroed first (a NaN there would reach the gradient) and give 0.
+    """
+    valid = _mask(valid, logits.shape[0])
+    per_row = optax.softmax_cross_entropy_with_integer_labels(
+        _valid_rows(logits, valid), jnp.asarray(labels))
+    return _reduce(per_row, valid, reduction)
+
+
+def class_probabilities(logits: Array, valid: Array | None = None) -> Array:
+    """``softmax(logits)`` ``(B, C)`` in float32, uniform on invalid rows (their logits zeroed):
+    LCL's class weights from the weighting network."""
+    valid = _mask(valid, logits.shape[0])
+    return jax.nn.softmax(_valid_rows(logits, valid), axis=-1)
+
+
+def _valid_rows(logits: Array, valid: Array) -> Array:
+    return jnp.where(valid[:, None], _as_float(logits), 0.0)
 
 
 # ------------------------------------------------------------------------------------------ MLM

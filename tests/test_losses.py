@@ -338,6 +338,126 @@ def test_equal_valences_give_uniform_targets(b, k, seed):
                                    err_msg=f"targets not uniform (exclude_self={exclude_self})")
 
 
+# ----------------------------------------------------------------- several affect dimensions
+
+
+def affect_labels(seed: int, b: int = 12, k: int = 20, dims: int = 3, nan_padding: bool = True):
+    """(N, D) and (K, D) labels in [0, 1] with padding rows and empty queue slots; padding holds
+    NaN (it must never matter)."""
+    rng = np.random.default_rng(seed)
+    v = rng.uniform(size=(b, dims)).astype(np.float32)
+    qv = rng.uniform(size=(k, dims)).astype(np.float32)
+    valid, queue_valid = rng.random(b) < 0.7, rng.random(k) < 0.6
+    valid[0] = True
+    if nan_padding:
+        v[~valid] = np.nan
+        qv[~queue_valid] = np.nan
+    return v, qv, valid, queue_valid
+
+
+def numpy_affect_targets(v, qv, valid, queue_valid, weights, lam, valence_range, exclude_self):
+    """The weighted-L1 softmax written out in float64: t_ij ~ exp(-sum_d w_d |v_id - v_jd| /
+    (lam * range)) over the valid candidates."""
+    v, qv = v.astype(np.float64), qv.astype(np.float64)
+    cands = np.concatenate([v, qv])
+    dist = (np.asarray(weights) * np.abs(v[:, None, :] - cands[None, :, :])).sum(-1)
+    cand = np.concatenate([np.broadcast_to(valid, (len(v), len(v))),
+                           np.broadcast_to(queue_valid, (len(v), len(qv)))], 1).copy()
+    if exclude_self:
+        cand[np.arange(len(v)), np.arange(len(v))] = False
+    cand &= valid[:, None]  # invalid anchors: the candidates are fine, but their labels are NaN
+    logits = np.where(cand, -dist / (lam * valence_range), -np.inf)
+    out = np.zeros_like(logits)
+    rows = cand.any(1)
+    shifted = logits[rows] - logits[rows].max(1, keepdims=True)
+    out[rows] = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+    return out
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("queue", [False, True], ids=["no_queue", "queue"])
+def test_one_affect_dimension_with_unit_weight_is_bitwise_the_valence_targets(queue,
+                                                                              exclude_self):
+    v, qv, valid, queue_valid = affect_labels(seed=1, dims=1)
+    one_d = {"valence": v[:, 0], "valid": valid}
+    two_d = {"valence": v, "valid": valid, "label_weights": (1.0,)}
+    if queue:
+        one_d |= {"queue_valence": qv[:, 0], "queue_valid": queue_valid}
+        two_d |= {"queue_valence": qv, "queue_valid": queue_valid}
+    opts = {"label_temperature": 0.05, "exclude_self": exclude_self}
+    for fn in (L.soft_label_targets, jitted(L.soft_label_targets)):
+        want = fn(**one_d, **opts)
+        got = fn(**two_d, **opts)
+        assert np.isfinite(np.asarray(got)).all(), "NaN padding labels leaked into the targets"
+        np.testing.assert_array_equal(got, want, err_msg="(N, 1) with w = 1 != (N,) targets")
+    # And so the losses too.
+    x = make_batch(seed=2, b=12, k=20)
+    feats = {"query": x["query"], "key": x["key"]} | (
+        {"queue_keys": x["queue_keys"]} if queue else {})
+    fn = jitted(L.soft_label_contrastive)
+    np.testing.assert_array_equal(
+        fn(**feats, **two_d, **opts, temperature=0.1, reduction="none"),
+        fn(**feats, **one_d, **opts, temperature=0.1, reduction="none"),
+        err_msg="(N, 1) with w = 1 != (N,) per-anchor losses")
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+@pytest.mark.parametrize("weights", [None, (0.5, 0.3, 0.2), (2.0, 0.0, 1.0)], ids=str)
+def test_affect_targets_match_the_weighted_l1_softmax(weights, exclude_self):
+    v, qv, valid, queue_valid = affect_labels(seed=3)
+    got = jitted(L.soft_label_targets)(
+        v, qv, valid=valid, queue_valid=queue_valid, label_temperature=0.1, valence_range=2.0,
+        label_weights=weights, exclude_self=exclude_self)
+    want = numpy_affect_targets(v, qv, valid, queue_valid, (1.0, 1.0, 1.0) if weights is None
+                                else weights, 0.1, 2.0, exclude_self)
+    got = np.where(valid[:, None], got, 0.0)  # numpy has no targets for padding anchors
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=1e-7,
+                               err_msg=f"targets != weighted-L1 softmax (w={weights})")
+
+
+def test_a_zero_weight_makes_its_dimension_irrelevant():
+    v, qv, valid, queue_valid = affect_labels(seed=4, nan_padding=False)
+    rng = np.random.default_rng(4)
+    fn = jitted(L.soft_label_targets)
+    kw = {"valid": valid, "queue_valid": queue_valid, "label_temperature": 0.1,
+          "label_weights": (1.0, 0.0, 2.0)}
+    base = fn(v, qv, **kw)
+    for change in ("permute", "redraw"):
+        v2, qv2 = v.copy(), qv.copy()
+        if change == "permute":
+            v2[:, 1], qv2[:, 1] = v[rng.permutation(len(v)), 1], qv[rng.permutation(len(qv)), 1]
+        else:
+            v2[:, 1], qv2[:, 1] = rng.uniform(size=len(v)), rng.uniform(size=len(qv))
+        # 0 * |diff| is +0 and x + 0 is x: exactly unchanged, not merely close.
+        np.testing.assert_array_equal(fn(v2, qv2, **kw), base,
+                                      err_msg=f"the zero-weight column mattered ({change})")
+    without = fn(v[:, [0, 2]], qv[:, [0, 2]], **(kw | {"label_weights": (1.0, 2.0)}))
+    np.testing.assert_allclose(without, base, rtol=RTOL, atol=1e-7,
+                               err_msg="a zero-weight column != dropping that column")
+
+
+def test_affect_label_shapes_are_checked():
+    v, qv, _, _ = affect_labels(seed=5, nan_padding=False)
+    with pytest.raises(ValueError, match=r"label_weights must have shape \(3,\)"):
+        L.soft_label_targets(v, qv, label_weights=(1.0, 1.0))
+    with pytest.raises(ValueError, match="rank of valence"):
+        L.soft_label_targets(v, qv[:, 0])
+    with pytest.raises(ValueError, match=r"\(N,\) or \(N, D\)"):
+        L.soft_label_targets(v[..., None])
+
+
+@pytest.mark.parametrize("queue", [False, True], ids=["no_queue", "queue"])
+@pytest.mark.parametrize("weights", [None, (0.5, 0.3, 0.2)], ids=str)
+def test_affect_parity_with_torch(weights, queue):
+    x = make_batch(seed=zlib.crc32(f"affect{weights}{queue}".encode()))
+    v, qv, valid, queue_valid = affect_labels(seed=6, nan_padding=False)
+    diff, fixed = case("soft_label_contrastive", x, queue)
+    fixed = fixed | {"valence": v, "valid": valid, "label_weights": weights}
+    if queue:
+        fixed |= {"queue_valence": qv, "queue_valid": queue_valid}
+    assert np.isfinite(assert_parity("soft_label_contrastive", diff, fixed, temperature=0.1))
+
+
 def row_inputs(name, x, queue=True):
     diff, fixed = case(name, x, queue)
     return {k: to_jax(v) for k, v in (diff | fixed).items()}
