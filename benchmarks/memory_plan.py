@@ -106,27 +106,27 @@ def measured(remat: bool, batch: int, seq: int) -> tuple[dict[str, float], dict[
     import jax
     import softmcl
 
-    from softmcl_jax import loop, methods, sharding, train
+    from softmcl_jax import loop, objective, sharding, train
 
     c = softmcl.get_config()
     c.batch_size, c.model.max_len, c.model.remat = batch, seq, remat
-    c.queue.sentence_size, c.queue.word_size = 1024, 4096
+    c.objective.soft_sentence.queue_size, c.objective.soft_word.queue_size = 1024, 4096
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     pretrained, _, model = loop.setup_model(c)
-    host, abstract, shard, step = train.setup_step(model, c, mesh)
+    _, abstract, shard, step = train.setup_step(model, c, mesh)
     i32 = jax.numpy.int32
     spec = {"input_ids": (batch, seq, i32), "attention_mask": (batch, seq, i32),
             "valid": (batch, None, bool), "mlm_input_ids": (batch, seq, i32),
             "mlm_labels": (batch, seq, i32), "sentence_valence": (batch, None, "float32"),
-            "sentence_valence_mask": (batch, None, bool),
             "token_valence": (batch, seq, "float32"), "token_valence_mask": (batch, seq, bool)}
     batch_abs = {k: jax.ShapeDtypeStruct((b,) if s is None else (b, s), d)
-                 for k, (b, s, d) in spec.items() if k in methods.BATCH_KEYS["softmcl"]}
+                 for k, (b, s, d) in spec.items()}
+    assert set(batch_abs) == set(objective.plan(c).batch_keys), sorted(batch_abs)
     m = step.lower(train.abstract_with_shardings(abstract, shard), batch_abs).compile()
     ma = m.memory_analysis()
     xla = {"arguments": ma.argument_size_in_bytes, "temporaries": ma.temp_size_in_bytes,
            "outputs": ma.output_size_in_bytes, "aliased": ma.alias_size_in_bytes}
-    n_params = sum(x.size for x in jax.tree.leaves(host.params))
+    n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     cfg = pretrained.config
     arch = Arch("MiniLM", n_params, cfg.num_hidden_layers, cfg.hidden_size,
                 cfg.num_attention_heads, cfg.vocab_size, False)

@@ -45,8 +45,9 @@ def softmcl_config(args: argparse.Namespace, path: str):
     config.model.remat = args.remat
     config.batch_size, config.model.max_len = args.batch, args.seq
     config.data.mlm_max_predictions = max(1, round(args.seq * 20 / 128))
-    config.queue.sentence_size = args.batch * 32
-    config.queue.word_size = args.batch * config.word_level.max_words_per_sentence * 16
+    o = config.objective
+    o.soft_sentence.queue_size = args.batch * 32
+    o.soft_word.queue_size = args.batch * o.soft_word.max_words_per_sentence * 16
     config.probe.enabled = False
     return config
 
@@ -69,7 +70,6 @@ def synthetic_batch(config, vocab: int, step: int) -> dict[str, np.ndarray]:
     return {"input_ids": ids, "attention_mask": mask, "valid": np.ones(b, bool),
             "mlm_input_ids": mlm_ids, "mlm_labels": labels,
             "sentence_valence": rng.random(b).astype(np.float32),
-            "sentence_valence_mask": np.ones(b, bool),
             "token_valence": np.where(rated, rng.random((b, s)), 0).astype(np.float32),
             "token_valence_mask": rated}
 
@@ -96,19 +96,16 @@ def main() -> None:
 
     import jax
 
-    from softmcl_jax import methods, sharding, train
-    from softmcl_jax.evaluate import DTYPES
-    from softmcl_jax.models import from_pretrained
+    from softmcl_jax import objective, sharding, train
+    from softmcl_jax.models import DTYPES, from_pretrained
 
     path = encoder.random_checkpoint(args.random)
     config = softmcl_config(args, path)
     pretrained = from_pretrained(path, dtype=DTYPES[args.dtype], remat=args.remat, seed=0)
-    model = methods.Model(pretrained, methods.make_heads(config, pretrained.config.hidden_size),
-                          config.model.pooling)
+    model = objective.build_model(pretrained, objective.plan(config), config)
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-    host, _, shardings, step_fn = train.setup_step(model, config, mesh)
-    state = train.place_state(host, shardings)
-    del host
+    init, _, _, step_fn = train.setup_step(model, config, mesh)
+    state = init()
     vocab = pretrained.config.vocab_size
     batches = [synthetic_batch(config, vocab, i) for i in range(args.repeats + 1)]
 
@@ -134,8 +131,8 @@ def main() -> None:
         f"SoftMCL train step, {args.random} (random weights), batch {args.batch} x seq "
         f"{args.seq}, {args.dtype}{', remat' if args.remat else ''}, MLM at "
         f"{config.data.mlm_max_predictions} positions per row, queues "
-        f"{config.queue.sentence_size}/{config.queue.word_size}; median of {args.repeats} "
-        "after the compiling call.",
+        f"{config.objective.soft_sentence.queue_size}/{config.objective.soft_word.queue_size}; "
+        f"median of {args.repeats} after the compiling call.",
         "",
         f"Machine: {report.machine()}. Versions: "
         f"{report.versions('jax', 'jaxlib', 'flax', 'optax')}.",

@@ -1,14 +1,25 @@
-"""Fields every method's config has; each method file starts from ``get_base()`` and edits it.
+"""Every field a code path reads; each preset (softmcl, simcse, ...) starts from ``get_base()``
+and only sets values.
 
-Every field that a code path reads is here (no hidden defaults in code).
+The objective is data: ``objective.<term>`` declares every loss term the library has, each off
+(``weight = 0.0``) with all of its knobs. What a run builds (heads, a momentum copy, a frozen
+copy, queues, the batch arrays) is derived from the terms with ``weight > 0`` by
+``softmcl_jax.objective.plan``; nothing else decides what runs. Encoder passes are named
+``"<copy>/<input>"``: copy ``online`` (trained, dropout on), ``ema`` (momentum copy: EMA of the
+online params, heads included) or ``frozen`` (the base encoder, a constant); input ``clean``
+(``input_ids``) or ``masked`` (the MLM-corrupted ``mlm_input_ids``); ``"online/clean/2"`` is a
+second dropout view of the same input (SimCSE's positive).
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.method = ""  # softmcl | simcse | softcse | retrofit | lcl
+    # The preset this config started from: a label for logs, the export and the PyTorch
+    # baseline. Nothing in softmcl_jax branches on it; the objective terms decide what runs.
+    c.name = ""
     c.seed = 0
     c.total_steps = 200
     c.batch_size = 32  # global, over all devices and processes
@@ -36,8 +47,10 @@ def get_base() -> ml_collections.ConfigDict:
     c.data.text_column = "text"
     c.data.label_column = ""
     c.data.valence_column = ""
-    c.data.scale_low = None  # the valence scale of the file, mapped to [0, 1]
-    c.data.scale_high = None
+    # The valence scale of a csv/tsv/jsonl/hf file, mapped to [0, 1]; unset unless a
+    # valence_column is read (placeholders, so --config.data.scale_low=1 works).
+    c.data.scale_low = config_dict.placeholder(float)
+    c.data.scale_high = config_dict.placeholder(float)
     c.data.num_labels = 0
     c.data.single_label_only = False
     c.data.on_bad_row = "raise"  # or "skip" (skipped rows are counted and reported)
@@ -62,11 +75,14 @@ def get_base() -> ml_collections.ConfigDict:
     c.optimizer.clip_norm = 1.0
     c.optimizer.grad_accum_steps = 1
 
-    c.loss = ml_collections.ConfigDict()
-    c.loss.temperature = 0.05
-
     c.head = ml_collections.ConfigDict()
-    c.head.dim = 128  # projection head output
+    c.head.dim = 128  # output width of the contrastive heads (sentence, word, projection)
+
+    # Used only when a term reads an "ema/..." pass: ema <- decay * ema + (1 - decay) * online.
+    c.momentum = ml_collections.ConfigDict()
+    c.momentum.decay = 0.99
+
+    c.objective = get_objective()
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1: all devices not used by fsdp
@@ -84,3 +100,44 @@ def get_base() -> ml_collections.ConfigDict:
     c.export = ml_collections.ConfigDict()
     c.export.enabled = True  # write workdir/export (Hugging Face format) at the end
     return c
+
+
+def get_objective() -> ml_collections.ConfigDict:
+    """Every loss term, off. ``loss = sum_t weight_t * loss_t``; metrics ``loss/<t>`` unweighted.
+
+    Knobs shared by several terms: ``temperature`` (tau of the feature softmax), ``head`` (the
+    MLP head the term's vectors go through; "" = the pooled encoder output itself), ``query`` /
+    ``key`` / ``of`` / ``to`` (encoder passes, see the module docstring) and ``queue_size``
+    (past keys kept as extra candidates; 0 = none; a multiple of the keys written per step).
+    """
+    soft = dict(temperature=0.1, label_temperature=0.1, query="online/masked", key="ema/clean",
+                queue_size=0,
+                # Affect dimensions of the soft labels ("valence", "arousal", "dominance"), each
+                # in [0, 1]; the label distance is sum_d weight_d * |v_id - v_jd|.
+                labels=("valence",), label_weights=(1.0,))
+    contrast = dict(temperature=0.05, query="online/clean", key="online/clean/2",
+                    head="projection", queue_size=0)
+    o = ml_collections.ConfigDict()
+    # Masked-LM cross-entropy on the online/masked pass; needs data.mlm_rate > 0.
+    o.mlm = dict(weight=0.0)
+    # SoftMCL (Wang et al.): soft-label contrast of sentences / of lexicon words' tokens.
+    o.soft_sentence = dict(soft, weight=0.0, head="sentence")
+    o.soft_word = dict(soft, weight=0.0, head="word", max_words_per_sentence=4)
+    # SimCSE InfoNCE (positive = the key of the same sentence).
+    o.infonce = dict(contrast, weight=0.0)
+    # SoftCSE: InfoNCE with each negative down-weighted ("weight") or given a softer
+    # "temperature" by its similarity to the anchor; strength = gamma (0 = InfoNCE).
+    o.softcse = dict(contrast, weight=0.0, mode="weight", strength=1.0)
+    # SupCon (Khosla et al.) over class labels, as emotion retrofitting uses it.
+    o.supcon = dict(weight=0.0, temperature=0.1, of="online/clean", head="projection")
+    # Vector-space preservation: pooled vectors of `of` kept close to those of `to`
+    # ("pairwise" cosine structure or "pointwise" vectors).
+    o.vsp = dict(weight=0.0, of="online/clean", to="frozen/clean", mode="pairwise")
+    # LCL (Suresh & Ong): label-aware contrast of the pooled vectors, negatives weighted by the
+    # weighting head's class probabilities (gradients reach it unless detach_class_weights).
+    o.lcl = dict(weight=0.0, temperature=0.3, of="online/clean", weighting_head="weighting",
+                 detach_class_weights=False)
+    # Cross-entropy of a linear classifier head / of LCL's weighting network (an MLP head).
+    o.ce = dict(weight=0.0, of="online/clean", head="classifier")
+    o.weighting_ce = dict(weight=0.0, of="online/clean", head="weighting")
+    return o

@@ -9,7 +9,8 @@ from base import get_base  # noqa: E402
 
 def get_config():
     c = get_base()
-    c.method = "simcse"
-    c.loss.temperature = 0.05
+    c.name = "simcse"
+    c.objective.infonce.weight = 1.0
+    c.objective.infonce.temperature = 0.05
     c.optimizer.learning_rate = 3e-5
     return c

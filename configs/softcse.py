@@ -1,5 +1,5 @@
 """SoftCSE: SimCSE's InfoNCE with each negative down-weighted (or given a softer temperature) by
-its similarity to the anchor; ``loss.softcse_mode`` is "weight" or "temperature"."""
+its similarity to the anchor; ``objective.softcse.mode`` is "weight" or "temperature"."""
 
 import os
 import sys
@@ -10,9 +10,11 @@ from base import get_base  # noqa: E402
 
 def get_config():
     c = get_base()
-    c.method = "softcse"
-    c.loss.temperature = 0.05
-    c.loss.softcse_mode = "weight"  # or "temperature"
-    c.loss.softcse_strength = 1.0  # gamma: 0 is plain InfoNCE
+    c.name = "softcse"
+    t = c.objective.softcse
+    t.weight = 1.0
+    t.temperature = 0.05
+    t.mode = "weight"  # or "temperature"
+    t.strength = 1.0  # gamma: 0 is plain InfoNCE
     c.optimizer.learning_rate = 3e-5
     return c

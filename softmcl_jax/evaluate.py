@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from softmcl_jax.data.records import Sentence
-from softmcl_jax.models import Pretrained
+from softmcl_jax.models import DTYPES, Pretrained
 from softmcl_jax.models.heads import pool
 from softmcl_jax.models.hf import resolve_name
 
@@ -214,7 +214,6 @@ def vader_probe_split(sentences: Sequence[Sentence], *, n_train: int, n_test: in
 
 # --- the downstream suite: python -m softmcl_jax.evaluate ------------------------------------
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _int_list(text: str) -> tuple[int, ...]:

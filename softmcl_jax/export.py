@@ -2,8 +2,9 @@
 
     python -m softmcl_jax.export --workdir=WORKDIR --out=DIR [--step=N] [--with_mlm_head]
 
-Reads ``WORKDIR/config.json`` (written by the trainer) to rebuild the model, restores the newest
-(or the given) checkpoint onto one device, and writes ``config.json``, ``model.safetensors`` and
+Reads ``WORKDIR/config.json`` (written by the trainer) to rebuild the model, restores only the
+encoder's parameters of the newest (or the given) checkpoint onto one device (not the heads, Adam
+moments, EMA or queues), and writes ``config.json``, ``model.safetensors`` and
 the tokenizer files: ``transformers.AutoModel.from_pretrained(DIR)`` and
 ``sentence_transformers.SentenceTransformer(DIR)`` load it.
 """
@@ -16,8 +17,9 @@ import os
 
 import jax
 import ml_collections
+import orbax.checkpoint as ocp
 
-from softmcl_jax import loop, sharding, train
+from softmcl_jax import loop, objective, sharding, train
 from softmcl_jax.models import save_pretrained
 
 
@@ -32,13 +34,19 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def export(workdir: str, out: str, *, step: int | None = None,
            with_mlm_head: bool = False) -> str:
     config = load_config(workdir)
-    pretrained, _, model = loop.setup_model(config)
+    the_plan = objective.plan(config)
+    pretrained, _, model = loop.setup_model(config, the_plan)
     tx, _ = train.make_optimizer(config)
-    host_state = train.init_state(model, config, tx, config.batch_size)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_state)
-    del host_state
+    abstract = jax.eval_shape(lambda p: train.init_state(model, the_plan, config, tx, p),
+                              pretrained.params)
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     target = train.abstract_with_shardings(abstract, train.state_shardings(abstract, mesh))
+    # Everything but the encoder's parameters is a placeholder: orbax skips reading it.
+    target = target.replace(
+        params={"encoder": target.params["encoder"],
+                "heads": jax.tree.map(lambda _: ocp.PLACEHOLDER, target.params["heads"])},
+        **{f: jax.tree.map(lambda _: ocp.PLACEHOLDER, getattr(target, f))
+           for f in ("step", "opt_state", "ema_params", "queues", "rng")})
     ckpt = loop.checkpointer(config, workdir)
     state = ckpt.restore(step, target)
     ckpt.close()

@@ -14,10 +14,9 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from softmcl_jax import evaluate, methods, sharding, train
+from softmcl_jax import config_check, evaluate, objective, sharding, train
 from softmcl_jax.checkpoint import Checkpointer, PreemptionGuard
 from softmcl_jax.data import (
     MaskingConfig,
@@ -27,26 +26,24 @@ from softmcl_jax.data import (
     sources,
 )
 from softmcl_jax.metrics import MetricWriter, ProgressBar
-from softmcl_jax.models import from_pretrained, save_pretrained
+from softmcl_jax.models import DTYPES, from_pretrained, save_pretrained
 from softmcl_jax.models.hf import resolve_name
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONFIG_FILE = "config.json"
 
 
-def setup_model(config: ml_collections.ConfigDict):
-    """(Pretrained encoder, its tokenizer, the method's Model with heads) from the config."""
+def setup_model(config: ml_collections.ConfigDict, the_plan: objective.Plan | None = None):
+    """(Pretrained encoder, its tokenizer, the Model with the plan's heads) from the config."""
     import transformers
 
+    the_plan = objective.plan(config) if the_plan is None else the_plan
     path = resolve_name(config.model.name_or_path)
     pretrained = from_pretrained(path, dtype=DTYPES[config.model.dtype],
                                  remat=config.model.remat, seed=config.seed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained.tokenizer_path or path)
-    model = methods.Model(pretrained, methods.make_heads(config, pretrained.config.hidden_size),
-                          config.model.pooling)
-    return pretrained, tokenizer, model
+    return pretrained, tokenizer, objective.build_model(pretrained, the_plan, config)
 
 
 def checkpointer(config: ml_collections.ConfigDict, workdir: str) -> Checkpointer:
@@ -56,16 +53,11 @@ def checkpointer(config: ml_collections.ConfigDict, workdir: str) -> Checkpointe
                         async_save=config.async_checkpointing)
 
 
-def _check(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-    if config.method not in methods.METHODS:
-        raise ValueError(f"config.method={config.method!r} is not one of "
-                         f"{sorted(methods.METHODS)}")
+def _check_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
     shards = sharding.batch_size_per_axis(mesh)
     if config.batch_size % (shards * jax.process_count()) and config.batch_size % shards:
         raise ValueError(f"config.batch_size={config.batch_size} must be a multiple of the "
                          f"{shards} devices the batch is split over")
-    if config.model.dtype not in DTYPES:
-        raise ValueError(f"config.model.dtype={config.model.dtype!r} not in {sorted(DTYPES)}")
 
 
 def probe_data(config: ml_collections.ConfigDict) -> evaluate.ProbeSplit:
@@ -75,9 +67,14 @@ def probe_data(config: ml_collections.ConfigDict) -> evaluate.ProbeSplit:
                                       seed=p.seed)
 
 
-def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str]) -> Pipeline:
+def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str],
+                   the_plan: objective.Plan | None = None) -> Pipeline:
+    """The training batches: the arrays the plan reads, checked against what its terms need."""
+    the_plan = objective.plan(config) if the_plan is None else the_plan
     d = config.data
     sentences = sources.load_sentences(d)
+    if d.num_labels:
+        sources.check_labels(sentences, d.num_labels)
     if exclude_texts:
         before = len(sentences)
         sentences = [s for s in sentences if s.text not in exclude_texts]
@@ -86,12 +83,14 @@ def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str]) -> Pipeline
         sentences = sentences[: d.max_examples]
     encoded = encode_sentences(
         sentences, tokenizer, sources.load_lexicon(d.lexicon), max_len=config.model.max_len,
-        assign=d.assign, neutral_band=d.neutral_band)
+        assign=d.assign, neutral_band=d.neutral_band,
+        affect_lexicons=sources.load_affect_lexicons(d.lexicon, _token_dims(the_plan, config)))
     log.info("data: %d training sentences; %s", len(sentences), encoded.stats.summary())
+    objective.check_data(the_plan, encoded.arrays, config)
     masking = (MaskingConfig.from_tokenizer(tokenizer, rate=d.mlm_rate,
                                             max_predictions=d.mlm_max_predictions)
                if d.mlm_rate > 0 else None)
-    keys = set(methods.BATCH_KEYS[config.method]) - {"valid", "mlm_input_ids", "mlm_labels"}
+    keys = set(the_plan.batch_keys) - {"valid", "mlm_input_ids", "mlm_labels"}
     if masking is not None:
         keys.add("special_tokens_mask")
     arrays = {k: v for k, v in encoded.arrays.items() if k in keys}
@@ -102,6 +101,12 @@ def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str]) -> Pipeline
     return pipeline
 
 
+def _token_dims(the_plan: objective.Plan, config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The affect dimensions that word-level terms read (their lexicons are loaded)."""
+    return tuple(sorted({need.partition(":")[2] for _, need in the_plan.data
+                         if need.startswith("token:")}))
+
+
 def run_probe(config, pretrained, params, tokenizer, probe: evaluate.ProbeSplit) -> float:
     kw = dict(max_len=config.model.max_len, batch_size=config.probe.batch_size,
               pooling=config.model.pooling)
@@ -110,31 +115,40 @@ def run_probe(config, pretrained, params, tokenizer, probe: evaluate.ProbeSplit)
     return evaluate.valence_probe(x_tr, probe.train_y, x_te, probe.test_y)
 
 
+def _write_config(config: ml_collections.ConfigDict, path: str) -> None:
+    """For export.py and for the record; written whole or not at all (write, then rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    os.replace(tmp, path)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train ``config.method`` in ``workdir`` (resuming if it holds checkpoints)."""
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))  # for export.py and for the record
+    """Train the objective of ``config`` in ``workdir`` (resuming if it holds checkpoints)."""
+    the_plan = config_check.validate(config)  # before anything is loaded or written
+    log.info("%s", the_plan.describe())
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
-    _check(config, mesh)
-    pretrained, tokenizer, model = setup_model(config)
+    _check_mesh(config, mesh)
+    pretrained, tokenizer, model = setup_model(config, the_plan)
 
     probe = probe_data(config) if config.probe.enabled else None
     held_out = set(probe.train_texts) | set(probe.test_texts) if probe else set()
-    pipeline = build_pipeline(config, tokenizer, mesh, held_out)
+    pipeline = build_pipeline(config, tokenizer, mesh, held_out, the_plan)
 
-    host_state, abstract, shardings, step_fn = train.setup_step(model, config, mesh)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        _write_config(config, os.path.join(workdir, CONFIG_FILE))
+    init, abstract, shardings, step_fn = train.setup_step(model, config, mesh, the_plan)
     ckpt = checkpointer(config, workdir)
     start = ckpt.latest_step() or 0
     if start:
         state = ckpt.restore(start, train.abstract_with_shardings(abstract, shardings))
         log.info("resumed from %s at step %d", ckpt.directory, start)
     else:
-        state = train.place_state(host_state, shardings)
-    del host_state
-    log.info("mesh %s; state per device: %s", dict(mesh.shape), train.describe_sharding(state))
-    keys = methods.BATCH_KEYS[config.method]
+        state = init()
+    log.info("mesh %s; per device: %s", dict(mesh.shape),
+             train.describe_sharding(state, step_fn.constants))
+    keys = the_plan.batch_keys
 
     chief = jax.process_index() == 0  # one host writes metrics, the export and the probe line
     writer = MetricWriter(workdir, active=chief)

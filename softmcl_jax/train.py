@@ -1,17 +1,23 @@
-"""The train state, the one jitted train step, and the loop that drives it.
+"""The train state, the one jitted train step, and how both are set up on a mesh.
 
-State (one pytree, sharded once, donated every step)::
+State (one pytree, born sharded, donated every step)::
 
-    TrainState(step, params={"encoder", "heads"}, opt_state, ema_params, frozen_params,
-               queues={name: Queue(keys (K, D), values (K,), valid (K,), ptr)}, rng)
+    TrainState(step, params={"encoder", "heads"}, opt_state, ema_params,
+               queues={term: Queue(keys (K, D), values (K, ...), valid (K,), ptr)}, rng)
 
-``train_step(state, batch) -> (state, metrics)`` differentiates the configured method
-(methods.py), applies optax, moves the EMA (``optax.incremental_update``) and writes the new
-momentum keys into the queues in place (``lax.dynamic_update_slice`` at ``ptr``).
+What exists is the objective plan's decision (``objective.plan``): ``ema_params`` only when a term
+reads an ``ema/...`` pass, a queue per term with ``queue_size > 0``. The frozen copy that VSP
+reads is a constant, not state: the step takes it as a separate, undonated argument, it is built
+from the base checkpoint at every start (resume included) and never checkpointed.
+
+``train_step(state, batch, constants) -> (state, metrics)`` differentiates the objective
+(objective.py), applies optax, moves the EMA (``optax.incremental_update``) and writes the new
+keys into the queues in place (``lax.dynamic_update_slice`` at ``ptr``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import Any, NamedTuple
@@ -24,7 +30,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from softmcl_jax import methods, sharding
+from softmcl_jax import objective, sharding
+from softmcl_jax.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,7 @@ class Queue:
     """A ring buffer of K past keys with their labels/valences; ``valid`` marks filled slots."""
 
     keys: jax.Array  # (K, D) float32
-    values: jax.Array  # (K,)
+    values: jax.Array  # (K, ...) the labels the term compares keys by
     valid: jax.Array  # (K,) bool
     ptr: jax.Array  # () int32, next slot to write
 
@@ -44,8 +51,7 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
-    ema_params: Any  # None unless the method uses a momentum encoder
-    frozen_params: Any  # None unless the method regularises towards a frozen copy
+    ema_params: Any  # None unless a term reads the momentum copy
     queues: dict[str, Queue]
     rng: jax.Array  # uint32[2]; per-step keys are folded in from the step
 
@@ -54,30 +60,14 @@ def enqueue(q: Queue, keys: jax.Array, values: jax.Array, valid: jax.Array) -> Q
     """Overwrite the n slots at ``ptr`` (n divides K, checked at start-up) and advance it."""
     n = keys.shape[0]
     size = q.keys.shape[0]
+    zeros = (0,) * (q.values.ndim - 1)
     return Queue(
         keys=jax.lax.dynamic_update_slice(q.keys, keys.astype(q.keys.dtype), (q.ptr, 0)),
-        values=jax.lax.dynamic_update_slice(q.values, values.astype(q.values.dtype), (q.ptr,)),
+        values=jax.lax.dynamic_update_slice(q.values, values.astype(q.values.dtype),
+                                            (q.ptr, *zeros)),
         valid=jax.lax.dynamic_update_slice(q.valid, valid, (q.ptr,)),
         ptr=(q.ptr + n) % size,
     )
-
-
-def queue_sizes(config: ml_collections.ConfigDict, global_batch: int) -> dict[str, tuple[int, int]]:
-    """Queue name -> (K, entries written per step); K must be a multiple of the latter."""
-    if config.method != "softmcl":
-        return {}
-    per_step = {"sentence": global_batch,
-                "word": global_batch * config.word_level.max_words_per_sentence}
-    sizes = {"sentence": config.queue.sentence_size, "word": config.queue.word_size}
-    for name, k in sizes.items():
-        if k <= 0 or k % per_step[name]:
-            raise ValueError(
-                f"config.queue.{name}_size={k} must be a positive multiple of the keys written "
-                f"per step ({per_step[name]} = global batch {global_batch}"
-                + (f" x word_level.max_words_per_sentence "
-                   f"{config.word_level.max_words_per_sentence}" if name == "word" else "")
-                + "), so that the ring buffer wraps exactly")
-    return {n: (sizes[n], per_step[n]) for n in sizes}
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
@@ -101,58 +91,65 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
     return tx, schedule
 
 
-def init_state(model: methods.Model, config: ml_collections.ConfigDict,
-               tx: optax.GradientTransformation, global_batch: int) -> TrainState:
-    """The initial state on the host (to be placed with ``state_shardings``)."""
+def init_state(model: Model, the_plan: objective.Plan, config: ml_collections.ConfigDict,
+               tx: optax.GradientTransformation, encoder_params: Any) -> TrainState:
+    """The initial state; pure, so ``jit`` with ``out_shardings`` creates it where it lives."""
     rng = jax.random.PRNGKey(config.seed)
-    params = {"encoder": model.pretrained.params,
+    # A copy, not the argument itself: jit would hand the input buffers back as outputs, and
+    # donating the state would then delete the caller's pretrained parameters.
+    params = {"encoder": jax.tree.map(jnp.copy, encoder_params),
               "heads": model.init_heads(jax.random.fold_in(rng, 1))}
+    hidden = model.pretrained.config.hidden_size
     queues = {}
-    for name, (k, _) in queue_sizes(config, global_batch).items():
-        queues[name] = Queue(keys=jnp.zeros((k, config.head.dim), jnp.float32),
-                             values=jnp.zeros((k,), jnp.float32),
-                             valid=jnp.zeros((k,), bool), ptr=jnp.zeros((), jnp.int32))
-    uses_ema = config.method == "softmcl"
+    for q in the_plan.queues:
+        width = objective.queue_width(q, config, hidden)
+        queues[q.name] = Queue(keys=jnp.zeros((q.size, width), jnp.float32),
+                               values=jnp.zeros((q.size, *q.value_shape), q.value_dtype),
+                               valid=jnp.zeros((q.size,), bool), ptr=jnp.zeros((), jnp.int32))
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=tx.init(params),
-        ema_params=jax.tree.map(jnp.copy, params) if uses_ema else None,
-        frozen_params=({"encoder": jax.tree.map(jnp.copy, params["encoder"])}
-                       if config.method == "retrofit" else None),
+        ema_params=jax.tree.map(jnp.copy, params) if the_plan.ema else None,
         queues=queues,
         rng=rng,
     )
+
+
+def constants_of(pretrained_params: Any, the_plan: objective.Plan) -> dict[str, Any]:
+    """What the step reads but never changes: ``{"frozen": {"encoder": base params}}`` when a
+    term reads the frozen copy, else {}."""
+    return {"frozen": {"encoder": pretrained_params}} if the_plan.frozen else {}
 
 
 def state_shardings(abstract: TrainState, mesh: Mesh) -> TrainState:
     """Parameter-shaped leaves per ``sharding.param_shardings``; queues split along K."""
     rep = sharding.replicated(mesh)
     queues = {n: Queue(keys=sharding.queue_sharding(mesh, 2),
-                       values=sharding.queue_sharding(mesh, 1),
+                       values=sharding.queue_sharding(mesh, q.values.ndim),
                        valid=sharding.queue_sharding(mesh, 1), ptr=rep)
-              for n in abstract.queues}
+              for n, q in abstract.queues.items()}
     return TrainState(
         step=rep,
         params=sharding.param_shardings(abstract.params, mesh),
         opt_state=sharding.param_shardings(abstract.opt_state, mesh),
         ema_params=sharding.param_shardings(abstract.ema_params, mesh),
-        frozen_params=sharding.param_shardings(abstract.frozen_params, mesh),
         queues=queues,
         rng=rep,
     )
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: methods.Model,
-               config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-               schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimisation step of ``config.method``; pure, to be jitted with shardings."""
-    method = methods.METHODS[config.method]
+def train_step(state: TrainState, batch: dict[str, jax.Array], constants: dict[str, Any], *,
+               model: Model, the_plan: objective.Plan, config: ml_collections.ConfigDict,
+               tx: optax.GradientTransformation, schedule: optax.Schedule
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step of the planned objective; pure, to be jitted with shardings."""
     # Dropout and any other randomness: a function of (seed, step) only, so resume is exact.
     rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-        return method(model, config, params, state, batch, rng)
+        return objective.loss(model, the_plan, config, params, state.ema_params,
+                              constants.get("frozen"), batch, state.queues, rng)
 
     (loss, (metrics, to_enqueue)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
@@ -170,38 +167,73 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: methods
     return new_state, metrics
 
 
-def jit_train_step(model: methods.Model, config: ml_collections.ConfigDict,
-                   tx: optax.GradientTransformation, schedule: optax.Schedule,
-                   state_sharding: TrainState, mesh: Mesh):
-    """``train_step`` jitted with explicit in/out shardings and the state donated."""
-    step = functools.partial(train_step, model=model, config=config, tx=tx, schedule=schedule)
-    return jax.jit(step, in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                   out_shardings=(state_sharding, sharding.replicated(mesh)),
-                   donate_argnums=0)
+@dataclasses.dataclass(frozen=True)
+class Init:
+    """``init()``: the initial state, created by ``jit`` on the mesh with the state's shardings
+    (``lower()`` for ahead-of-time analysis of what each device holds)."""
+
+    jitted: Any
+    base_params: Any
+
+    def __call__(self) -> TrainState:
+        return self.jitted(self.base_params)
+
+    def lower(self) -> Any:
+        return self.jitted.lower(self.base_params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """The jitted ``train_step`` with its constants bound: ``step(state, batch)``; the state is
+    donated. ``lower(abstract_state, batch)`` for ahead-of-time analysis."""
+
+    jitted: Any
+    constants: dict[str, Any]
+
+    def __call__(self, state: TrainState, batch: dict[str, Any]
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+        return self.jitted(state, batch, self.constants)
+
+    def lower(self, state: Any, batch: Any) -> Any:
+        return self.jitted.lower(state, batch, self.constants)
 
 
 class StepSetup(NamedTuple):
     """What a caller of the train step needs; see :func:`setup_step`."""
 
-    host_state: TrainState  # the initial state, not yet on the devices
+    init: Init  # () -> the initial state, born sharded on the mesh
     abstract: TrainState  # its shapes and dtypes (ShapeDtypeStructs)
     shardings: TrainState  # where each leaf goes on the mesh
-    step_fn: Any  # jit_train_step(...): (state, batch) -> (state, metrics), state donated
+    step_fn: Step  # (state, batch) -> (state, metrics), state donated
 
 
-def setup_step(model: methods.Model, config: ml_collections.ConfigDict, mesh: Mesh) -> StepSetup:
-    """Optimizer, initial host state, its shardings over ``mesh`` and the jitted step, as the
-    trainer builds them (benchmarks and tests use the same path). Nothing is placed or compiled."""
+def setup_step(model: Model, config: ml_collections.ConfigDict, mesh: Mesh,
+               the_plan: objective.Plan | None = None) -> StepSetup:
+    """Optimizer, the state's shapes and shardings over ``mesh``, its initialiser and the jitted
+    step, as the trainer builds them (benchmarks and tests use the same path).
+
+    Nothing of the state is created here. ``init()`` runs ``init_state`` under ``jit`` with the
+    target shardings as ``out_shardings`` and the encoder parameters put straight into their
+    shards, so no device ever holds more than its share of params + EMA + optimizer state.
+    The constants (the frozen copy) are placed here, sharded like the parameters.
+    """
+    the_plan = objective.plan(config) if the_plan is None else the_plan
     tx, schedule = make_optimizer(config)
-    host_state = init_state(model, config, tx, config.batch_size)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_state)
+    base = model.pretrained.params
+    init_fn = functools.partial(init_state, model, the_plan, config, tx)
+    abstract = jax.eval_shape(init_fn, base)
     shardings = state_shardings(abstract, mesh)
-    return StepSetup(host_state, abstract, shardings,
-                     jit_train_step(model, config, tx, schedule, shardings, mesh))
-
-
-def place_state(state: TrainState, shardings: TrainState) -> TrainState:
-    return jax.device_put(state, shardings)
+    base_shardings = sharding.param_shardings(base, mesh)
+    jitted_init = jax.jit(init_fn, in_shardings=(base_shardings,), out_shardings=shardings)
+    constants = constants_of(base, the_plan)
+    const_shardings = sharding.param_shardings(constants, mesh)
+    constants = jax.device_put(constants, const_shardings)
+    step = functools.partial(train_step, model=model, the_plan=the_plan, config=config, tx=tx,
+                             schedule=schedule)
+    jitted = jax.jit(step,
+                     in_shardings=(shardings, sharding.batch_sharding(mesh), const_shardings),
+                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+    return StepSetup(Init(jitted_init, base), abstract, shardings, Step(jitted, constants))
 
 
 def abstract_with_shardings(abstract: TrainState, shardings: TrainState) -> TrainState:
@@ -214,7 +246,7 @@ def host_scalars(metrics: dict[str, jax.Array]) -> dict[str, float]:
     return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
 
 
-def describe_sharding(state: TrainState) -> str:
+def describe_sharding(state: TrainState, constants: dict[str, Any] | None = None) -> str:
     """Bytes per device of each part of the state (for the log and the scaling notes)."""
     def per_device(tree):
         total = 0
@@ -225,5 +257,5 @@ def describe_sharding(state: TrainState) -> str:
         return total
 
     parts = {"params": state.params, "opt_state": state.opt_state, "ema": state.ema_params,
-             "frozen": state.frozen_params, "queues": state.queues}
+             "queues": state.queues, "frozen (constant)": (constants or {}).get("frozen")}
     return ", ".join(f"{k} {per_device(v) / 2**20:.1f} MiB" for k, v in parts.items() if v)

@@ -57,22 +57,22 @@ SHARDING_WORKER = textwrap.dedent("""
     import jax, numpy as np
     sys.path.insert(0, {root!r}); sys.path.insert(0, {root!r} + "/configs")
     import softmcl
-    from softmcl_jax import loop, methods, sharding, train
+    from softmcl_jax import loop, sharding, train
     c = softmcl.get_config()
     c.model.name_or_path = {model!r}
     c.batch_size, c.head.dim = 8, 16
-    c.queue.sentence_size, c.queue.word_size = 16, 64
+    c.objective.soft_sentence.queue_size, c.objective.soft_word.queue_size = 16, 64
     out = {{}}
     for name, (data, fsdp) in {{"unsharded": (8, 1), "fsdp": (4, 2)}}.items():
         c.mesh.data, c.mesh.fsdp = data, fsdp
         mesh = sharding.make_mesh(data, fsdp)
         pretrained, _, model = loop.setup_model(c)
-        host, _, shard, _ = train.setup_step(model, c, mesh)
-        state = train.place_state(host, shard)
+        init, _, shard, _ = train.setup_step(model, c, mesh)
+        state = init()
         emb = state.params["encoder"]["bert"]["embeddings"]["word_embeddings"]["embedding"]
         mu = state.opt_state[1][0].mu["encoder"]["bert"]["embeddings"]["word_embeddings"]
         ema = state.ema_params["encoder"]["bert"]["embeddings"]["word_embeddings"]["embedding"]
-        q = state.queues["sentence"].keys
+        q = state.queues["soft_sentence"].keys
         out[name] = {{
             "embedding": [list(s.data.shape) for s in emb.addressable_shards],
             "adam_mu": [list(s.data.shape) for s in mu["embedding"].addressable_shards],

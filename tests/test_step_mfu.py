@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import encoder  # noqa: E402
 import step_mfu  # noqa: E402
 
-from softmcl_jax import methods, sharding, train  # noqa: E402
+from softmcl_jax import objective, sharding, train  # noqa: E402
 from softmcl_jax.models import from_pretrained  # noqa: E402
 
 
@@ -26,8 +26,7 @@ def test_model_flops_are_the_matmul_share_of_xlas_count():
     path = encoder.random_checkpoint("tiny-bert")
     config = step_mfu.softmcl_config(args, path)
     pre = from_pretrained(path, seed=0)
-    model = methods.Model(pre, methods.make_heads(config, pre.config.hidden_size),
-                          config.model.pooling)
+    model = objective.build_model(pre, objective.plan(config), config)
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
     _, abstract, shardings, fn = train.setup_step(model, config, mesh)
     batch = step_mfu.synthetic_batch(config, pre.config.vocab_size, 0)

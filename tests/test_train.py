@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import os
+import runpy
 import signal
 import subprocess
 import sys
 import time
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import transformers
 from safetensors.numpy import load_file
 
-from softmcl_jax import train
+from softmcl_jax import objective, train
 from softmcl_jax.data import load_vader_sentences
 from tests import train_utils as tu
 
@@ -25,6 +25,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return tu.tiny_model_dir(str(tmp_path_factory.mktemp("tiny_bert")))
+
+
+def load_preset(name: str):
+    return runpy.run_path(os.path.join(tu.ROOT, "configs", f"{name}.py"))["get_config"]()
 
 
 def losses(workdir: str) -> np.ndarray:
@@ -43,13 +47,16 @@ def test_enqueue_wraps_in_place():
 
 
 def test_queue_size_must_be_a_multiple_of_the_keys_per_step():
-    c = ml_collections.ConfigDict(dict(method="softmcl", word_level=dict(max_words_per_sentence=4),
-                                       queue=dict(sentence_size=100, word_size=192)))
-    with pytest.raises(ValueError, match=r"queue.sentence_size=100 must be a positive multiple"):
-        train.queue_sizes(c, 32)
-    c.queue.sentence_size = 96
-    with pytest.raises(ValueError, match=r"queue.word_size=192 .* 32 x word_level"):
-        train.queue_sizes(c, 32)
+    c = load_preset("softmcl")
+    c.batch_size = 32
+    c.objective.soft_sentence.queue_size = 100
+    with pytest.raises(ValueError, match=r"soft_sentence.queue_size=100 must be 0 or a positive "
+                                         r"multiple of the keys written per step \(32\)"):
+        objective.plan(c)
+    c.objective.soft_sentence.queue_size = 96
+    c.objective.soft_word.queue_size = 192  # 32 sentences x 4 words = 128 keys per step
+    with pytest.raises(ValueError, match=r"soft_word.queue_size=192 .* \(128\)"):
+        objective.plan(c)
 
 
 def test_one_device_equals_eight_and_fsdp(model_dir, tmp_path):
@@ -141,7 +148,7 @@ def _labelled_file(path: str, fmt: str, n: int = 64) -> str:
 
 @pytest.mark.parametrize("config,extra", [
     ("simcse.py", {}),
-    ("softcse.py", {"loss__softcse_mode": "temperature"}),
+    ("softcse.py", {"objective__softcse__mode": "temperature"}),
     ("retrofit.py", {"data__num_labels": 4}),
     ("lcl.py", {"data__num_labels": 4}),
     ("softmcl.py", {"model__dtype": "bfloat16", "model__remat": True}),

@@ -42,7 +42,8 @@ TINY = dict(
     optimizer__warmup_steps=2, optimizer__learning_rate=1e-3, probe__enabled=False,
     export__enabled=True, data__prefetch=0,
 )
-SOFTMCL_TINY = dict(TINY, queue__sentence_size=16, queue__word_size=64)
+SOFTMCL_TINY = dict(TINY, objective__soft_sentence__queue_size=16,
+                    objective__soft_word__queue_size=64)
 
 
 def main_command(config: str, workdir: str, model_dir: str, **fields) -> list[str]:

@@ -7,6 +7,7 @@
 
 from softmcl_jax.models.hf import (
     ARCHITECTURES,
+    DTYPES,
     Architecture,
     CheckpointError,
     Pretrained,
@@ -16,6 +17,7 @@ from softmcl_jax.models.hf import (
 
 __all__ = [
     "ARCHITECTURES",
+    "DTYPES",
     "Architecture",
     "CheckpointError",
     "Pretrained",

@@ -101,6 +101,10 @@ _IGNORED_KEYS = re.compile(
 )
 
 
+# Compute dtypes by config name (model.dtype, evaluate --dtype); parameters stay float32.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 @dataclasses.dataclass
 class Pretrained:
     """A loaded encoder: Flax module, fp32 parameter pytree, transformers config, tokenizer folder.

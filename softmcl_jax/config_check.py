@@ -1,0 +1,74 @@
+"""``validate(config)``: every check that needs only the config, before anything is loaded or
+written. Each message names the ``config.`` field; the data-dependent checks (a term's data is
+present, labels fit ``data.num_labels``) run right after the data are read
+(``objective.check_data``, ``data.sources.check_labels``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from softmcl_jax import objective
+from softmcl_jax.data.sources import SOURCES
+from softmcl_jax.models import DTYPES
+
+POOLINGS = ("mean", "cls")
+
+
+def _require(ok: bool, field: str, value: object, what: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{field}={value!r} {what}")
+
+
+def validate(config: ml_collections.ConfigDict) -> objective.Plan:
+    """Check ``config``; returns its objective plan. Raises ``ValueError`` naming the field."""
+    c = config
+    for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
+                  "keep_checkpoints"):
+        _require(c[field] > 0, field, c[field], "must be > 0")
+    o = c.optimizer
+    _require(o.learning_rate > 0, "optimizer.learning_rate", o.learning_rate,
+             "must be > 0 (a negative rate is gradient ascent)")
+    _require(o.end_learning_rate >= 0, "optimizer.end_learning_rate", o.end_learning_rate,
+             "must be >= 0")
+    _require(o.warmup_steps >= 0, "optimizer.warmup_steps", o.warmup_steps, "must be >= 0")
+    _require(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "must be >= 0")
+    _require(o.clip_norm > 0, "optimizer.clip_norm", o.clip_norm, "must be > 0")
+    _require(o.eps > 0, "optimizer.eps", o.eps, "must be > 0")
+    _require(o.grad_accum_steps >= 1, "optimizer.grad_accum_steps", o.grad_accum_steps,
+             "must be >= 1")
+    for b in ("b1", "b2"):
+        _require(0 <= o[b] < 1, f"optimizer.{b}", o[b], "must be in [0, 1)")
+    for field, value in o.items():
+        if isinstance(value, float):
+            _require(math.isfinite(value), f"optimizer.{field}", value, "must be finite")
+
+    m = c.model
+    _require(m.dtype in DTYPES, "model.dtype", m.dtype, f"is not one of {sorted(DTYPES)}")
+    _require(m.pooling in POOLINGS, "model.pooling", m.pooling, f"is not one of {POOLINGS}")
+    _require(m.max_len >= 2, "model.max_len", m.max_len, "must be >= 2 (special tokens)")
+    _require(c.head.dim >= 1, "head.dim", c.head.dim, "must be >= 1")
+    _require(0 <= c.momentum.decay < 1, "momentum.decay", c.momentum.decay, "must be in [0, 1)")
+
+    d = c.data
+    _require(d.source in SOURCES, "data.source", d.source, f"is not one of {SOURCES}")
+    _require(0 <= d.mlm_rate < 1, "data.mlm_rate", d.mlm_rate, "must be in [0, 1)")
+    _require(d.mlm_max_predictions >= 0, "data.mlm_max_predictions", d.mlm_max_predictions,
+             "must be >= 0")
+    _require(d.num_labels >= 0, "data.num_labels", d.num_labels, "must be >= 0 (0 = none)")
+    _require(d.max_examples >= 0, "data.max_examples", d.max_examples, "must be >= 0 (0 = all)")
+    low, high = d.scale_low, d.scale_high
+    if (low is None) != (high is None):
+        raise ValueError(f"config.data.scale_low={low!r} and config.data.scale_high={high!r}: "
+                         "set both (the file's valence scale) or neither")
+    if low is not None:
+        _require(low < high, "data.scale_low", low, f"must be < config.data.scale_high={high}")
+
+    the_plan = objective.plan(c)
+    for term, need in the_plan.data:
+        if need == "mlm":
+            _require(d.mlm_rate > 0, "data.mlm_rate", d.mlm_rate,
+                     f"must be > 0: config.objective.{term} needs MLM-corrupted input")
+    return the_plan

@@ -1,0 +1,329 @@
+"""The objective as data: ``config.objective`` -> a :class:`Plan` -> one loss in the train step.
+
+``plan(config)`` reads the terms with ``weight > 0`` and derives, from them alone, everything a
+run builds: the encoder passes (parameter copy x input x train flag, with the number of dropout
+views), the heads, whether a momentum (EMA) copy and a frozen copy exist, the queues and their
+sizes, and the batch arrays the pipeline must produce. The state, the pipeline, the loop and the
+checkpoint read only the plan.
+
+In the step, :func:`loss` runs each planned pass once (:class:`Context`), evaluates every term
+on them (``terms.TERMS``) and returns ``sum_t weight_t * loss_t`` with the metrics ``loss/<t>``
+(unweighted) and the keys to enqueue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from softmcl_jax.model import Model
+from softmcl_jax.models import Pretrained
+from softmcl_jax.models.heads import MLPHead, scored_positions
+from softmcl_jax.terms import TERMS, QueueNeed
+
+sg = jax.lax.stop_gradient
+
+COPIES = ("online", "ema", "frozen")  # trained; EMA of the online params; the base encoder
+INPUTS = ("clean", "masked")  # input_ids; the MLM-corrupted mlm_input_ids
+ALWAYS = ("input_ids", "attention_mask", "valid")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pass:
+    """One encoder forward per step: a parameter copy on an input, ``views`` dropout views stacked
+    along the batch (SimCSE's positives), with MLM logits if a term asks for them."""
+
+    copy: str
+    input: str
+    views: int = 1
+    mlm_logits: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.copy}/{self.input}"
+
+    @property
+    def train(self) -> bool:
+        return self.copy == "online"  # dropout on; the other copies give no gradient
+
+
+def parse_pass(ref: str, field: str) -> tuple[str, str, int]:
+    """``"<copy>/<input>[/<view>]"`` -> (copy, input, view); errors name the config field."""
+    parts = str(ref).split("/")
+    ok = len(parts) in (2, 3) and parts[0] in COPIES and parts[1] in INPUTS
+    view = parts[2] if len(parts) == 3 else "1"
+    if not ok or view not in ("1", "2"):
+        raise ValueError(f"{field}={ref!r} is not a pass '<copy>/<input>[/<view>]' with copy in "
+                         f"{COPIES}, input in {INPUTS} and view 1 or 2")
+    if view == "2" and parts[0] != "online":
+        raise ValueError(f"{field}={ref!r}: only the online copy has dropout, so a second view "
+                         "of another copy would equal the first")
+    return parts[0], parts[1], int(view)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueSpec:
+    name: str  # the term that keeps it
+    size: int
+    per_step: int
+    head: str
+    value_shape: tuple[int, ...]
+    value_dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the active terms need; see the module docstring."""
+
+    weights: tuple[tuple[str, float], ...]  # (term, weight), weight > 0, in registry order
+    passes: tuple[Pass, ...]
+    heads: tuple[tuple[str, str], ...]  # (name, kind), sorted by name
+    ema: bool
+    frozen: bool
+    queues: tuple[QueueSpec, ...]
+    batch_keys: tuple[str, ...]  # the arrays of a step's batch
+    data: tuple[tuple[str, str], ...]  # (term, requirement) checked on the loaded data
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return tuple(t for t, _ in self.weights)
+
+    def describe(self) -> str:
+        """The one start-up log line."""
+        passes = ", ".join(f"{p.name}" + (f" x{p.views} views" if p.views > 1 else "")
+                           + (" +MLM logits" if p.mlm_logits else "") for p in self.passes)
+        heads = ", ".join(f"{n} ({k})" for n, k in self.heads) or "none"
+        queues = ", ".join(f"{q.name} {q.size}" for q in self.queues) or "none"
+        terms = " + ".join(f"{w:g}*{t}" for t, w in self.weights)
+        return (f"objective: loss = {terms}; passes: {passes}; heads: {heads}; momentum (EMA) "
+                f"copy: {'yes' if self.ema else 'no'}; frozen copy: "
+                f"{'yes' if self.frozen else 'no'}; queues: {queues}; batch arrays: "
+                f"{', '.join(self.batch_keys)}")
+
+
+def plan(config: ml_collections.ConfigDict) -> Plan:
+    """The plan of ``config.objective``; raises ``ValueError`` naming the ``config.`` field."""
+    objective = config.objective
+    unknown = sorted(set(objective) - set(TERMS))
+    if unknown:
+        raise ValueError(f"config.objective.{unknown[0]} is not a loss term; the terms are "
+                         f"{sorted(TERMS)}")
+    weights = []
+    for name in TERMS:
+        w = objective[name].weight
+        if not np.isfinite(w) or w < 0:
+            raise ValueError(f"config.objective.{name}.weight={w!r} must be >= 0 (0 = off)")
+        if w > 0:
+            weights.append((name, float(w)))
+    if not weights:
+        raise ValueError(f"no loss term is on: set config.objective.<term>.weight > 0 for one "
+                         f"of {sorted(TERMS)}")
+
+    views: dict[tuple[str, str], int] = {}
+    heads: dict[str, str] = {}
+    head_owner: dict[str, str] = {}
+    batch = set(ALWAYS)
+    queues, data, mlm_logits = [], [], False
+    for name, _ in weights:
+        knobs = objective[name]
+        needs = TERMS[name].needs(name, knobs, config)
+        for ref in needs.passes:
+            field = next((f"config.objective.{name}.{k}" for k in ("query", "key", "of", "to")
+                          if knobs.get(k) == ref), f"config.objective.{name}")
+            copy, inp, view = parse_pass(ref, field)
+            if copy == "frozen" and needs.heads:
+                raise ValueError(f"{field}={ref!r}: the frozen copy has no heads; read it "
+                                 "without one")
+            views[(copy, inp)] = max(views.get((copy, inp), 1), view)
+            if inp == "masked":
+                batch.add("mlm_input_ids")
+        for head, kind in needs.heads:
+            if heads.setdefault(head, kind) != kind:
+                raise ValueError(
+                    f"config.objective.{name} uses head {head!r} as a {kind} head, but "
+                    f"config.objective.{head_owner[head]} uses it as a {heads[head]} head: "
+                    "give one of them another head name")
+            head_owner.setdefault(head, name)
+        batch.update(needs.batch)
+        if needs.queue is not None:
+            queues.append(_queue_spec(name, needs.queue))
+        data.extend((name, d) for d in needs.data)
+        mlm_logits |= needs.mlm_logits
+
+    passes = tuple(
+        Pass(copy, inp, views[(copy, inp)], mlm_logits and (copy, inp) == ("online", "masked"))
+        for copy in COPIES for inp in INPUTS if (copy, inp) in views)
+    return Plan(weights=tuple(weights), passes=passes, heads=tuple(sorted(heads.items())),
+                ema=any(p.copy == "ema" for p in passes),
+                frozen=any(p.copy == "frozen" for p in passes), queues=tuple(queues),
+                batch_keys=tuple(sorted(batch)), data=tuple(data))
+
+
+def _queue_spec(name: str, q: QueueNeed) -> QueueSpec:
+    return QueueSpec(name, q.size, q.per_step, q.head, q.value_shape, q.value_dtype)
+
+
+def build_model(pretrained: Pretrained, the_plan: Plan, config: ml_collections.ConfigDict
+                ) -> Model:
+    """The encoder with the plan's heads, sized from the config and the encoder's width."""
+    width = pretrained.config.hidden_size
+    sizes = {"projection": (config.head.dim, width), "classifier": (config.data.num_labels, 0),
+             "weighting": (config.data.num_labels, width)}
+    heads = {name: MLPHead(out=sizes[kind][0], hidden=sizes[kind][1])
+             for name, kind in the_plan.heads}
+    return Model(pretrained, heads, config.model.pooling)
+
+
+def queue_width(q: QueueSpec, config: ml_collections.ConfigDict, hidden_size: int) -> int:
+    """The width of a queue's keys: its head's output, or the encoder's for pooled vectors."""
+    return config.head.dim if q.head else hidden_size
+
+
+# ----------------------------------------------------------------------------- in the step
+
+
+class Context:
+    """The encoder passes of one step, each run once, and cached views of them for the terms."""
+
+    def __init__(self, model: Model, the_plan: Plan, config: ml_collections.ConfigDict,
+                 params: Any, ema: Any, frozen: Any, batch: dict[str, jax.Array],
+                 queues: dict[str, Any], rng: jax.Array):
+        self.model, self.config, self.batch, self.queues = model, config, batch, queues
+        self.valid = batch["valid"]
+        self._params = {"online": params, "ema": None if ema is None else sg(ema),
+                        "frozen": None if frozen is None else sg(frozen)}
+        self._outputs: dict[str, dict[str, jax.Array]] = {}
+        self._views: dict[str, int] = {}
+        self._cache: dict[Any, jax.Array] = {}
+        self.mlm_logits = self.mlm_labels = self.mlm_left_out = None
+        n_train = 0
+        for p in the_plan.passes:
+            ids = batch["input_ids" if p.input == "clean" else "mlm_input_ids"]
+            mask = batch["attention_mask"]
+            if p.views > 1:  # one forward over the stacked views: they differ only in dropout
+                ids, mask = jnp.concatenate([ids] * p.views), jnp.concatenate([mask] * p.views)
+            # The first training pass draws dropout from the step's key itself (so a preset with
+            # one training pass keeps its random stream); further ones from keys folded from it.
+            pass_rng = None
+            if p.train:
+                pass_rng = rng if n_train == 0 else jax.random.fold_in(rng, n_train)
+                n_train += 1
+            positions = None
+            if p.mlm_logits:
+                self.mlm_labels = batch["mlm_labels"]
+                if config.data.mlm_max_predictions > 0:
+                    # Logits at the (at most M) masked positions per row, not at all L.
+                    positions, self.mlm_labels, self.mlm_left_out = scored_positions(
+                        self.mlm_labels, config.data.mlm_max_predictions)
+            out = model.forward(self._params[p.copy], ids, mask, train=p.train, rng=pass_rng,
+                                mlm=p.mlm_logits, mlm_positions=positions)
+            if not p.train:
+                out = sg(out)
+            if p.mlm_logits:
+                self.mlm_logits = out["logits"]
+            self._outputs[p.name] = dict(out, attention_mask=mask)
+            self._views[p.name] = p.views
+
+    def _split(self, ref: str) -> tuple[str, str, int]:
+        copy, inp, view = parse_pass(ref, "pass")
+        return copy, f"{copy}/{inp}", view
+
+    def _view(self, name: str, x: jax.Array, view: int) -> jax.Array:
+        b = x.shape[0] // self._views[name]
+        return x[(view - 1) * b: view * b] if self._views[name] > 1 else x
+
+    def trains(self, ref: str) -> bool:
+        """Whether gradients flow through the pass ``ref``."""
+        return self._split(ref)[0] == "online"
+
+    def hidden(self, ref: str) -> jax.Array:
+        """Token vectors (B, L, H) of the pass ``ref``."""
+        _, name, view = self._split(ref)
+        return self._view(name, self._outputs[name]["last_hidden_state"], view)
+
+    def _pooled_all(self, name: str) -> jax.Array:
+        key = ("pooled", name)
+        if key not in self._cache:
+            out = self._outputs[name]
+            self._cache[key] = self.model.pool(out["last_hidden_state"], out["attention_mask"])
+        return self._cache[key]
+
+    def pooled(self, ref: str) -> jax.Array:
+        """Sentence vectors (B, H), fp32, of the pass ``ref``."""
+        _, name, view = self._split(ref)
+        return self._view(name, self._pooled_all(name), view)
+
+    def head(self, ref: str, head: str, x: jax.Array) -> jax.Array:
+        """``head`` with the parameters of ``ref``'s copy applied to ``x`` ("" = identity)."""
+        copy = self._split(ref)[0]
+        return self.model.head(self._params[copy], head, x) if head else x
+
+    def projected(self, ref: str, head: str) -> jax.Array:
+        """``head`` of the pooled vectors of ``ref``, computed once for all views of the pass."""
+        copy, name, view = self._split(ref)
+        key = ("head", name, head)
+        if key not in self._cache:
+            self._cache[key] = self.head(ref, head, self._pooled_all(name))
+        return self._view(name, self._cache[key], view)
+
+
+def loss(model: Model, the_plan: Plan, config: ml_collections.ConfigDict, params: Any,
+         ema: Any, frozen: Any, batch: dict[str, jax.Array], queues: dict[str, Any],
+         rng: jax.Array) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
+    """``sum_t weight_t * loss_t`` and (metrics, {queue name: (keys, values, valid)}).
+
+    Differentiable in ``params`` only: the EMA and frozen copies pass through ``stop_gradient``.
+    """
+    ctx = Context(model, the_plan, config, params, ema, frozen, batch, queues, rng)
+    total, metrics, enqueue = 0.0, {}, {}
+    for name, weight in the_plan.weights:
+        out = TERMS[name].loss(ctx, config.objective[name])
+        total = total + weight * out.value
+        metrics[f"loss/{name}"] = out.value
+        metrics.update(out.metrics)
+        if name in queues:
+            enqueue[name] = out.enqueue
+    return total, (metrics, enqueue)
+
+
+# ------------------------------------------------------------------ data the terms need
+
+
+_WHAT = {"labels": "class labels (batch array 'labels')",
+         "sentence": "sentence-level {dim} ratings (batch array 'sentence_{dim}')",
+         "token": "lexicon words with a {dim} rating in the text (batch array 'token_{dim}')"}
+_HINT = {"labels": "set config.data.source to a labelled source (goemotions, sst, or csv/jsonl "
+                   "with config.data.label_column)",
+         "sentence": "use a source with ratings (vader for valence, emobank for valence, arousal "
+                     "and dominance, csv/jsonl with config.data.valence_column)",
+         "token": "set config.data.lexicon (vader for valence; a Warriner-format CSV for "
+                  "valence, arousal and dominance)"}
+
+
+def check_data(the_plan: Plan, arrays: dict[str, np.ndarray],
+               config: ml_collections.ConfigDict) -> None:
+    """Refuse a term whose data is missing from the encoded training data (``ValueError`` naming
+    the term and the missing field), before anything is trained or written."""
+    for term, need in the_plan.data:
+        level, _, dim = need.partition(":")
+        if level == "mlm":
+            continue  # a config field (data.mlm_rate), checked by config_check.validate
+        if level == "labels":
+            present = arrays["labels"] >= 0
+        elif level == "sentence":
+            present = arrays[f"sentence_{dim}"] >= 0
+        else:
+            present = arrays["token_valence_mask"]
+            if dim != "valence":
+                present = present & (arrays[f"token_{dim}"] >= 0)
+        if not present.any():
+            d = config.data
+            where = f"config.data.source={d.source!r}" + (f", config.data.path={d.path!r}"
+                                                          if d.path else "")
+            raise ValueError(f"config.objective.{term} needs {_WHAT[level].format(dim=dim)}, but "
+                             f"the training data ({where}) have none: {_HINT[level]}")

@@ -1,0 +1,373 @@
+"""The objective as data: the plan derived from the terms, validation, passes run once, and mixes
+that no preset has training every one of their terms."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+
+from softmcl_jax import config_check, loop, objective, sharding, train
+from softmcl_jax.data import load_vader_sentences
+from softmcl_jax.model import Model
+from softmcl_jax.terms import TERMS
+from tests import train_utils as tu
+
+
+def preset(name: str, **fields):
+    config = runpy.run_path(os.path.join(tu.ROOT, "configs", f"{name}.py"))["get_config"]()
+    for dotted, value in fields.items():
+        *path, leaf = dotted.split(".")
+        node = config
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+# ------------------------------------------------------------------------------- the plan
+
+
+@pytest.mark.parametrize("name,terms,passes,heads,ema,frozen,queues,extra_keys", [
+    ("softmcl", ("soft_sentence", "soft_word", "mlm"), ("online/masked", "ema/clean"),
+     ("sentence", "word"), True, False, {"soft_sentence": 1024, "soft_word": 4096},
+     {"mlm_input_ids", "mlm_labels", "sentence_valence", "token_valence",
+      "token_valence_mask"}),
+    ("simcse", ("infonce",), ("online/clean",), ("projection",), False, False, {}, set()),
+    ("softcse", ("softcse",), ("online/clean",), ("projection",), False, False, {}, set()),
+    ("retrofit", ("supcon", "vsp"), ("online/clean", "frozen/clean"), ("projection",), False,
+     True, {}, {"labels"}),
+    ("lcl", ("lcl", "ce", "weighting_ce"), ("online/clean",), ("classifier", "weighting"), False,
+     False, {}, {"labels"}),
+])
+def test_presets_plan_what_the_papers_need(name, terms, passes, heads, ema, frozen, queues,
+                                          extra_keys):
+    p = config_check.validate(preset(name))
+    assert p.terms == terms
+    assert tuple(x.name for x in p.passes) == passes
+    assert tuple(h for h, _ in p.heads) == tuple(sorted(heads))
+    assert (p.ema, p.frozen) == (ema, frozen)
+    assert {q.name: q.size for q in p.queues} == queues
+    assert set(p.batch_keys) == {"input_ids", "attention_mask", "valid"} | extra_keys
+    line = p.describe()
+    assert f"frozen copy: {'yes' if frozen else 'no'}" in line
+    assert f"momentum (EMA) copy: {'yes' if ema else 'no'}" in line
+
+
+def test_a_term_switched_on_changes_only_what_it_needs():
+    base = config_check.validate(preset("softmcl"))
+    mixed = config_check.validate(preset("softmcl", **{"objective.vsp.weight": 1.0}))
+    assert mixed.terms == (*base.terms[:3], "vsp")
+    assert mixed.frozen and not base.frozen
+    # VSP reads online/clean, which SoftMCL does not: one more pass, nothing else changes.
+    assert {x.name for x in mixed.passes} == {x.name for x in base.passes} | {
+        "online/clean", "frozen/clean"}
+    assert mixed.heads == base.heads and mixed.queues == base.queues
+    # SimCSE + VSP-free SoftCSE sharing the projection head and the two views: one pass.
+    both = config_check.validate(preset("simcse", **{"objective.softcse.weight": 0.5}))
+    assert [(x.name, x.views) for x in both.passes] == [("online/clean", 2)]
+    assert both.heads == (("projection", "projection"),)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"objective.nonsense": {"weight": 1.0}}, r"config.objective.nonsense is not a loss term"),
+    ({"objective.vsp.weight": -1.0}, r"config.objective.vsp.weight=-1.0 must be >= 0"),
+    ({"objective.soft_sentence.temperature": -0.1},
+     r"config.objective.soft_sentence.temperature=-0.1 must be > 0"),
+    ({"optimizer.learning_rate": -1e-4}, r"config.optimizer.learning_rate=-0.0001 must be > 0"),
+    ({"total_steps": 0}, r"config.total_steps=0 must be > 0"),
+    ({"objective.soft_word.queue_size": 100},
+     r"config.objective.soft_word.queue_size=100 must be 0 or a positive multiple of the keys "
+     r"written per step \(128\)"),
+    ({"data.mlm_rate": 0.0}, r"config.data.mlm_rate=0.0 must be > 0: config.objective.mlm"),
+    ({"objective.soft_sentence.key": "ema/dirty"},
+     r"config.objective.soft_sentence.key='ema/dirty' is not a pass"),
+    ({"objective.soft_sentence.key": "frozen/clean"},
+     r"config.objective.soft_sentence.key='frozen/clean': the frozen copy has no heads"),
+    ({"objective.soft_sentence.labels": ("valence", "joy")},
+     r"config.objective.soft_sentence.labels=\('valence', 'joy'\)"),
+    ({"objective.soft_word.label_weights": (1.0, 2.0)},
+     r"config.objective.soft_word.label_weights=\(1.0, 2.0\): one weight"),
+    ({"objective.ce.weight": 1.0}, r"config.objective.ce needs classes: config.data.num_labels"),
+    ({"data.scale_low": 1.0}, r"config.data.scale_low=1.0 and config.data.scale_high=None"),
+    ({"model.pooling": "max"}, r"config.model.pooling='max' is not one of"),
+])
+def test_validate_names_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        config_check.validate(preset("softmcl", **fields))
+
+
+def test_no_term_on_is_refused():
+    with pytest.raises(ValueError, match=r"no loss term is on"):
+        config_check.validate(preset("simcse", **{"objective.infonce.weight": 0.0}))
+
+
+def test_a_head_used_as_two_kinds_is_refused():
+    config = preset("lcl", **{"objective.supcon.weight": 1.0,
+                              "objective.supcon.head": "classifier"})
+    with pytest.raises(ValueError, match=r"config.objective.ce uses head 'classifier' as a "
+                                         r"classifier head, but config.objective.supcon uses it "
+                                         r"as a projection head"):
+        config_check.validate(config)
+
+
+# ------------------------------------------------------------------ in the step: the passes
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tu.tiny_model_dir(str(tmp_path_factory.mktemp("tiny_bert")))
+
+
+TINY = {"batch_size": 8, "model.max_len": 32, "data.max_examples": 64, "head.dim": 16,
+        "probe.enabled": False, "data.prefetch": 0, "optimizer.learning_rate": 1e-3,
+        "optimizer.warmup_steps": 0, "total_steps": 50,
+        "objective.soft_sentence.queue_size": 16, "objective.soft_word.queue_size": 64}
+
+
+def labelled_csv(path: str, n: int = 64) -> str:
+    """VADER tweets with made-up classes (valence quartiles) and their valence, as a CSV."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label", "rating"])
+        for s in load_vader_sentences(("tweets",))[:n]:
+            w.writerow([" ".join(s.text.split()), min(int(s.valence * 4), 3),
+                        f"{s.valence * 8 - 4:.4f}"])
+    return path
+
+
+def emobank_csv(path: str, n: int = 64) -> str:
+    """EmoBank-format V/A/D (1..5) on VADER tweets: V from the rating, A and D made up."""
+    rng = np.random.default_rng(0)
+    with open(path, "w") as f:
+        f.write("id,split,V,A,D,text\n")
+        for i, s in enumerate(load_vader_sentences(("tweets",))[:n]):
+            a, d = rng.uniform(1, 5, size=2)
+            text = " ".join(s.text.split()).replace('"', '""')
+            f.write(f'e{i},train,{1 + 4 * s.valence:.3f},{a:.3f},{d:.3f},"{text}"\n')
+    return path
+
+
+def warriner_csv(path: str) -> str:
+    """Warriner-format norms for the VADER lexicon's words: V from VADER, A and D made up."""
+    from softmcl_jax.data import load_vader_lexicon
+
+    rng = np.random.default_rng(1)
+    with open(path, "w") as f:
+        f.write(",Word,V.Mean.Sum,A.Mean.Sum,D.Mean.Sum\n")
+        for i, (word, v) in enumerate(sorted(load_vader_lexicon().items())):
+            if "," in word or '"' in word:
+                continue
+            a, d = rng.uniform(1, 9, size=2)
+            f.write(f"{i},{word},{1 + 8 * v:.3f},{a:.3f},{d:.3f}\n")
+    return path
+
+
+def mix_config(name: str, tmp_path, model_dir: str):
+    """Mixes that no preset has (the issue's examples)."""
+    if name == "softmcl+vsp":
+        c = preset("softmcl", **TINY)
+        # VSP values are ~1e-3 against soft-label losses of ~3: lambda = 100 lets it count.
+        c.objective.vsp.weight = 100.0
+    elif name == "soft_sentence+supcon":
+        c = preset("simcse", **TINY)
+        c.objective.infonce.weight = 0.0
+        c.objective.soft_sentence.update(weight=1.0, query="online/clean", key="ema/clean",
+                                         head="projection")
+        c.objective.supcon.weight = 1.0  # shares the projection head with soft_sentence
+        c.data.update(source="csv", path=labelled_csv(str(tmp_path / "l.csv")),
+                      label_column="label", valence_column="rating", num_labels=4,
+                      scale_low=-4.0, scale_high=4.0)
+    elif name == "softcse+queue":
+        c = preset("softcse", **TINY)
+        c.objective.softcse.update(key="ema/clean", queue_size=32)
+    elif name == "vad":
+        c = preset("softmcl", **TINY)
+        c.data.update(source="emobank", path=emobank_csv(str(tmp_path / "eb.csv")),
+                      lexicon=warriner_csv(str(tmp_path / "w.csv")))
+        for t in (c.objective.soft_sentence, c.objective.soft_word):
+            t.labels, t.label_weights = ("valence", "arousal", "dominance"), (1.0, 0.5, 0.5)
+    else:
+        raise ValueError(name)
+    c.model.name_or_path = model_dir
+    return c
+
+
+MIXES = ["softmcl+vsp", "soft_sentence+supcon", "softcse+queue", "vad"]
+
+
+def _setup(config):
+    the_plan = config_check.validate(config)
+    pretrained, tokenizer, model = loop.setup_model(config, the_plan)
+    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+    pipeline = loop.build_pipeline(config, tokenizer, mesh, set(), the_plan)
+    return the_plan, model, mesh, pipeline
+
+
+@pytest.mark.parametrize("mix", MIXES)
+def test_each_pass_runs_once_however_many_terms_read_it(mix, tmp_path, model_dir, monkeypatch):
+    config = mix_config(mix, tmp_path, model_dir)
+    the_plan, model, mesh, pipeline = _setup(config)
+    setup = train.setup_step(model, config, mesh, the_plan)
+    state = setup.init()
+    batch = {k: pipeline.batch(0)[k] for k in the_plan.batch_keys}
+    calls = []
+    forward = Model.forward
+
+    def counting(self, params, input_ids, *a, **kw):
+        calls.append((input_ids.shape, kw["train"]))
+        return forward(self, params, input_ids, *a, **kw)
+
+    monkeypatch.setattr(Model, "forward", counting)
+    jax.make_jaxpr(lambda p: objective.loss(
+        model, the_plan, config, p, state.ema_params, setup.step_fn.constants.get("frozen"),
+        batch, state.queues, jax.random.key(0)))(state.params)
+    b = config.batch_size
+    reads = sum(len(TERMS[t].needs(t, config.objective[t], config).passes)
+                for t in the_plan.terms)
+    print(f"{mix}: {len(the_plan.terms)} terms read passes {reads} times; {len(calls)} encoder "
+          f"forwards {calls}")
+    assert len(calls) == len(the_plan.passes)
+    assert len(calls) < reads if mix != "softcse+queue" else len(calls) == reads
+    assert sorted(calls) == sorted(((b * p.views, config.model.max_len), p.train)
+                                   for p in the_plan.passes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mix", MIXES)
+def test_mixes_train_every_term(mix, tmp_path, model_dir):
+    """Every active term's gradient reaches the encoder, and 30 steps of the mix lower its
+    objective. A logged value is no measure of that where a queue fills (more candidates, a
+    larger loss), so the terms are evaluated on one batch with the final momentum copy and
+    queues, at the initial and at the trained parameters. VSP, 0 at the start, is checked
+    against the same mix without it."""
+    config = mix_config(mix, tmp_path, model_dir)
+    the_plan, model, mesh, pipeline = _setup(config)
+    setup = train.setup_step(model, config, mesh, the_plan)
+    state = setup.init()
+    batch = {k: pipeline.batch(0)[k] for k in the_plan.batch_keys}
+    frozen = setup.step_fn.constants.get("frozen")
+
+    def terms(params, ema, queues):
+        _, (metrics, _) = objective.loss(model, the_plan, config, params, ema, frozen, batch,
+                                         queues, jax.random.key(0))
+        return {t: metrics[f"loss/{t}"] for t in the_plan.terms}
+
+    for term in the_plan.terms:
+        grads = jax.grad(lambda p, t=term: terms(p, state.ema_params, state.queues)[t])(
+            state.params)
+        norm = float(jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads["encoder"]))))
+        print(f"{mix}: |d loss/{term} / d encoder| = {norm:.3e}")
+        assert np.isfinite(norm) and norm > 0, term
+    before = jax.tree.map(np.array, jax.device_get(state.params))  # the state is donated
+    state = _train(setup, state, pipeline, the_plan, 30)
+    start = terms(before, state.ema_params, state.queues)
+    end = terms(state.params, state.ema_params, state.queues)
+    for t in the_plan.terms:
+        print(f"{mix}: loss/{t} at the initial params {float(start[t]):.4f} -> trained "
+              f"{float(end[t]):.4f}")
+    # Terms may compete (SupCon's class clusters against soft valence targets on one head), so
+    # the claim per term is its gradient above; what the mix minimises is the weighted sum.
+    total = lambda v: sum(w * float(v[t]) for t, w in the_plan.weights)
+    assert total(end) < total(start), (start, end)
+    if "vsp" in the_plan.terms:
+        # VSP is 0 at the start (online = frozen) and can only grow: what it does is keep the
+        # space closer to the frozen one than the same mix without it does.
+        config.objective.vsp.weight = 0.0
+        free_plan = config_check.validate(config)
+        free = train.setup_step(objective.build_model(model.pretrained, free_plan, config),
+                                config, mesh, free_plan)
+        free_state = _train(free, free.init(), pipeline, free_plan, 30)
+        drift = float(terms(free_state.params, state.ema_params, state.queues)["vsp"])
+        print(f"{mix}: VSP to the frozen encoder after 30 steps: {float(end['vsp']):.4f} with "
+              f"the term, {drift:.4f} without it")
+        assert float(end["vsp"]) < 0.5 * drift
+
+
+def _train(setup, state, pipeline, the_plan, steps: int):
+    for s in range(steps):
+        b = {k: v for k, v in pipeline.batch(s).items() if k in the_plan.batch_keys}
+        state, metrics = setup.step_fn(state, b)
+        assert np.isfinite(train.host_scalars(metrics)["loss"]), s
+    return state
+
+
+# ------------------------------------------------------------------------ born sharded
+
+SHARDED_INIT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {root!r} + "/configs")
+    import softmcl
+    from softmcl_jax import loop, sharding, train
+    c = softmcl.get_config()
+    c.model.name_or_path = {model!r}
+    c.batch_size, c.head.dim = 8, 16
+    c.objective.soft_sentence.queue_size, c.objective.soft_word.queue_size = 16, 64
+    c.mesh.data, c.mesh.fsdp = 1, 8
+    mesh = sharding.make_mesh(1, 8)
+    _, _, model = loop.setup_model(c)
+    setup = train.setup_step(model, c, mesh)
+    compiled = setup.init.lower().compile()
+    mem = compiled.memory_analysis()
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(setup.abstract))
+    # A device's share: each leaf's shard under the state's shardings (fsdp splits the large
+    # leaves 8 ways; leaves under 16k elements stay whole on every device, sharding.fsdp_spec).
+    share = sum(int(np.prod(s.shard_shape(a.shape))) * a.dtype.itemsize
+                for a, s in zip(jax.tree.leaves(setup.abstract),
+                                jax.tree.leaves(setup.shardings)))
+    state = setup.init()
+    held = {{}}
+    for x in jax.tree.leaves(state):
+        for s in x.addressable_shards:
+            held[str(s.device)] = held.get(str(s.device), 0) + s.data.nbytes
+    print("RESULT" + json.dumps(dict(total=total, share=share, out=mem.output_size_in_bytes,
+                                     temp=mem.temp_size_in_bytes, held=held)))
+""")
+
+
+def test_state_is_born_sharded(model_dir):
+    """At 8-way fsdp no device ever holds more than its share of params + EMA + Adam moments:
+    the init is compiled per device with the state's shardings (outputs and temporaries), and
+    what each device holds afterwards is its shard (plus the small replicated leaves)."""
+    import json
+
+    code = SHARDED_INIT.format(root=tu.ROOT, model=model_dir)
+    proc = subprocess.run([sys.executable, "-c", code], env=tu.env(8), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))[6:])
+    share = r["share"]
+    print(f"state {r['total'] / 2**20:.1f} MiB; per device: share {share / 2**20:.2f} MiB, init "
+          f"outputs {r['out'] / 2**20:.2f} MiB, init temporaries {r['temp'] / 2**20:.2f} MiB, "
+          f"held {max(r['held'].values()) / 2**20:.2f} MiB")
+    assert share < r["total"] / 4  # the tiny model's big leaves (embeddings) are split
+    assert len(r["held"]) == 8 and set(r["held"].values()) == {share}
+    # The compiled init writes only its shard and builds nothing whole on the side.
+    # (XLA pads small buffers for alignment: ~2 KB over the exact bytes here.)
+    assert r["out"] <= 1.001 * share and r["temp"] <= 0.05 * share
+
+
+def test_mixed_run_end_to_end_logs_every_term(model_dir, tmp_path):
+    """The issue's command: SoftMCL + VSP from the command line alone."""
+    workdir = str(tmp_path / "run")
+    proc = tu.run_main("softmcl.py", workdir, model_dir,
+                       **dict(tu.SOFTMCL_TINY, total_steps=4, objective__vsp__weight=1.0))
+    assert "frozen copy: yes" in proc.stderr and "1*vsp" in proc.stderr
+    rows = tu.read_metrics(workdir)
+    assert len(rows) == 4
+    for r in rows:
+        parts = {t: r[f"loss/{t}"] for t in ("soft_sentence", "soft_word", "mlm", "vsp")}
+        assert np.isclose(r["loss"], parts["soft_sentence"] + parts["soft_word"]
+                          + 0.1 * parts["mlm"] + parts["vsp"], rtol=1e-5)
+    assert transformers.AutoConfig.from_pretrained(os.path.join(workdir, "export"))
