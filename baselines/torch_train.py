@@ -1,23 +1,37 @@
-"""PyTorch baselines of the five training methods: the step that softmcl_jax/train.py takes.
+"""PyTorch baselines of the five presets: the step that softmcl_jax/train.py takes.
 
     python baselines/torch_train.py --config=configs/softmcl.py [--steps=N] [--workdir=DIR] \
         [--config.a.b=value ...]
 
 What users compare the JAX trainer against. ``TorchTrainer.step(batch)`` computes, in PyTorch with
 transformers' encoders and the independent loss references of ``baselines/torch_losses.py``,
-exactly what ``softmcl_jax.train.train_step`` computes for the method in ``config.method``:
+exactly what ``softmcl_jax.train.train_step`` computes for ``config.objective``, provided the
+objective is one of the five presets. Which one is read from the active terms (those with
+``config.objective.<term>.weight > 0``; see :func:`preset_of`):
 
-* the encoder is transformers' ``AutoModelForMaskedLM`` (SoftMCL, for its MLM term) or
+* ``softmcl`` (soft_sentence + soft_word [+ mlm]): MLM on ``mlm_input_ids`` + sentence- and
+  word-level soft-label contrast of the online encoder on that MLM-corrupted input against
+  momentum keys (an EMA copy, no gradient) on the clean ``input_ids``, with ring-buffer queues
+  written after the update;
+* ``simcse`` (infonce) and ``softcse`` (softcse): two dropout views of the batch stacked in one
+  forward;
+* ``retrofit`` (supcon + vsp): SupCon on a projection + VSP against a frozen copy;
+* ``lcl`` (ce + weighting_ce + lcl): classifier and weighting heads + label-aware contrast.
+
+Each preset's encoder passes and heads are written out here, where the JAX side derives them
+from the terms' pass and head knobs; a config that moves them is refused (:data:`STRUCTURE`).
+The hyper-parameters (weights, temperatures, label dimensions and weights, queue sizes, words per
+sentence, SoftCSE's mode and strength, VSP's mode, ...) are read from ``config.objective.<term>``.
+The loss is ``sum_t weight_t * loss_t`` summed in the JAX registry's order; the metrics are named
+as JAX names them: ``loss/<term>`` (unweighted), ``loss``, ``grad_norm``, ``learning_rate``,
+``words_per_sentence``, ``accuracy/<head>``.
+
+* the encoder is transformers' ``AutoModelForMaskedLM`` (when the mlm term is on) or
   ``AutoModel``; heads are :class:`MLPHead` (``Linear -> exact GELU -> Linear`` or one ``Linear``),
   pooling and word gathering as ``softmcl_jax.models.heads``;
-* SoftMCL: MLM on ``mlm_input_ids`` + sentence- and word-level soft-label contrast of the online
-  encoder against momentum keys (an EMA copy, no gradient) on the clean ``input_ids``, with two
-  ring-buffer queues written after the update; SimCSE / SoftCSE: two dropout views of the batch
-  stacked in one forward; retrofitting: SupCon on a projection + ``vsp_weight`` x VSP against a
-  frozen copy; LCL: classifier + weighting heads + label-aware contrast;
 * the optimizer is optax's ``chain(clip_by_global_norm, adamw(warmup-cosine schedule,
   mask=ndim>1))`` (see :func:`make_optimizer`), then ``ema = mu * ema + (1 - mu) * params``
-  over every trainable parameter, heads included.
+  (``mu = config.momentum.decay``) over every trainable parameter, heads included.
 
 Same initial weights as the JAX trainer: heads come from ``init_heads_from`` (the JAX heads'
 params; the JAX trainer draws them from the seed), and the encoder from ``model_dir``, which for
@@ -51,6 +65,86 @@ if __package__ in (None, ""):  # run as a script: make `baselines` and `softmcl_
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from baselines import torch_losses as T  # noqa: E402
+
+# ---------------------------------------------------------------------- which preset the terms make
+
+# The loss terms in the order of the JAX registry (softmcl_jax.terms.TERMS), which is the order
+# the weighted terms are summed in: the total then rounds as JAX's does.
+TERM_ORDER = ("soft_sentence", "soft_word", "mlm", "infonce", "softcse", "supcon", "vsp", "lcl",
+              "ce", "weighting_ce")
+# preset -> (the terms it needs on, the terms it may also have on).
+PRESET_TERMS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "softmcl": (frozenset({"soft_sentence", "soft_word"}), frozenset({"mlm"})),
+    "simcse": (frozenset({"infonce"}), frozenset()),
+    "softcse": (frozenset({"softcse"}), frozenset()),
+    "retrofit": (frozenset({"supcon", "vsp"}), frozenset()),
+    "lcl": (frozenset({"ce", "weighting_ce", "lcl"}), frozenset()),
+}
+_CONTRAST = dict(query="online/clean", key="online/clean/2", head="projection")
+# The encoder passes and heads the implementations below hard-code, per term. The JAX side
+# follows whatever these knobs say; here another value is refused rather than silently computed
+# as the preset would.
+STRUCTURE: dict[str, dict[str, str]] = {
+    "soft_sentence": dict(query="online/masked", key="ema/clean", head="sentence"),
+    "soft_word": dict(query="online/masked", key="ema/clean", head="word"),
+    "infonce": _CONTRAST,
+    "softcse": _CONTRAST,
+    "supcon": dict(of="online/clean", head="projection"),
+    "vsp": dict(of="online/clean", to="frozen/clean"),
+    "lcl": dict(of="online/clean", weighting_head="weighting"),
+    "ce": dict(of="online/clean", head="classifier"),
+    "weighting_ce": dict(of="online/clean", head="weighting"),
+}
+
+
+def active_terms(config: Any) -> list[str]:
+    """The terms with ``weight > 0``, sorted by name."""
+    return sorted(t for t in config.objective if config.objective[t].weight > 0)
+
+
+def preset_of(config: Any) -> str:
+    """The preset that ``config.objective``'s active terms make up.
+
+    Raises ``ValueError`` for any other set of terms, and for a preset term whose passes or heads
+    differ from the preset's (:data:`STRUCTURE`).
+    """
+    active = frozenset(active_terms(config))
+    name = next((n for n, (needed, optional) in PRESET_TERMS.items()
+                 if needed <= active <= needed | optional), None)
+    if name is None:
+        known = "; ".join(f"{n}: {' + '.join(sorted(need))}"
+                          + (f" [+ {' + '.join(sorted(opt))}]" if opt else "")
+                          for n, (need, opt) in PRESET_TERMS.items())
+        raise ValueError(f"the PyTorch baseline implements the five presets only ({known}); "
+                         "the active terms (config.objective.<term>.weight > 0) are "
+                         f"{sorted(active)}")
+    for term in sorted(active & STRUCTURE.keys()):
+        for knob, want in STRUCTURE[term].items():
+            got = config.objective[term][knob]
+            if got != want:
+                raise ValueError(f"config.objective.{term}.{knob}={got!r}: the PyTorch "
+                                 f"baseline's {name} preset computes this term with "
+                                 f"{knob}={want!r} only")
+    return name
+
+
+def mlm_on(config: Any) -> bool:
+    """Whether the encoder needs its MLM head (``AutoModelForMaskedLM``)."""
+    return config.objective.mlm.weight > 0
+
+
+def batch_keys(config: Any, preset: str) -> tuple[str, ...]:
+    """The batch arrays ``preset``'s implementation reads."""
+    keys = ["input_ids", "attention_mask", "valid"]
+    o = config.objective
+    if preset == "softmcl":
+        keys += ["mlm_input_ids", *(f"sentence_{d}" for d in o.soft_sentence.labels),
+                 "token_valence_mask", *(f"token_{d}" for d in o.soft_word.labels)]
+        if mlm_on(config):
+            keys.append("mlm_labels")
+    elif preset in ("retrofit", "lcl"):
+        keys.append("labels")
+    return tuple(dict.fromkeys(keys))
 
 # --------------------------------------------------------------------------------------- heads
 
@@ -92,19 +186,20 @@ class MLPHead(nn.Module):
             layer.bias.copy_(torch.tensor(np.asarray(p["bias"], np.float32)))
 
 
-def make_heads(config: Any, hidden_size: int) -> nn.ModuleDict:
-    """The heads of ``config.method``, as ``softmcl_jax.methods.make_heads`` sizes them."""
-    dim, method = config.head.dim, config.method
-    if method == "softmcl":
-        return nn.ModuleDict({n: MLPHead(hidden_size, dim, hidden_size)
-                              for n in ("sentence", "word")})
-    if method in ("simcse", "softcse", "retrofit"):
-        return nn.ModuleDict({"projection": MLPHead(hidden_size, dim, hidden_size)})
-    if method == "lcl":
+
+def make_heads(config: Any, preset: str, hidden_size: int) -> nn.ModuleDict:
+    """The heads of ``preset``, sized as ``softmcl_jax.objective.build_model`` sizes them."""
+    dim = config.head.dim
+    projection = lambda: MLPHead(hidden_size, dim, hidden_size)
+    if preset == "softmcl":
+        return nn.ModuleDict({"sentence": projection(), "word": projection()})
+    if preset in ("simcse", "softcse", "retrofit"):
+        return nn.ModuleDict({"projection": projection()})
+    if preset == "lcl":
         n = config.data.num_labels
         return nn.ModuleDict({"classifier": MLPHead(hidden_size, n),
                               "weighting": MLPHead(hidden_size, n, hidden_size)})
-    raise ValueError(f"method={method!r} is not one of {sorted(METHODS)}")
+    raise ValueError(f"preset {preset!r} is not one of {sorted(PRESET_TERMS)}")
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, how: str) -> Tensor:
@@ -189,10 +284,10 @@ def make_optimizer(params: Iterable[nn.Parameter], config: Any) -> torch.optim.A
 
 @dataclasses.dataclass
 class Queue:
-    """Ring buffer of past momentum keys: ``softmcl_jax.train.Queue`` with a Python ``ptr``."""
+    """Ring buffer of past keys: ``softmcl_jax.train.Queue`` with a Python ``ptr``."""
 
-    keys: Tensor  # (K, D)
-    values: Tensor  # (K,)
+    keys: Tensor  # (K, head.dim)
+    values: Tensor  # (K, D) label dimensions of the soft-label terms, (K,) zeros for InfoNCE's
     valid: Tensor  # (K,) bool
     ptr: int = 0
 
@@ -206,119 +301,154 @@ class Queue:
         self.ptr = (self.ptr + n) % self.keys.shape[0]
 
 
-
-# ------------------------------------------------------------------------------------- methods
+# ------------------------------------------------------------------------------ the presets' steps
 
 Batch = dict[str, Tensor]
-MethodOut = tuple[Tensor, dict[str, Tensor], dict[str, tuple[Tensor, Tensor, Tensor]]]
+Enqueue = tuple[Tensor, Tensor, Tensor]  # (keys, values, valid)
+# ({term: unweighted loss}, other metrics, {queue (term) name: what to write after the update})
+PresetOut = tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Enqueue]]
 
 
-def softmcl(tr: TorchTrainer, b: Batch) -> MethodOut:
-    """``softmcl_jax.methods.softmcl``: MLM + word/sentence soft-label contrast, momentum keys."""
-    c = tr.config
-    w = c.loss
+def softmcl(tr: TorchTrainer, b: Batch) -> PresetOut:
+    """MLM + sentence- and word-level soft-label contrast: queries from the online encoder on the
+    MLM-corrupted input, keys from the momentum copy on the clean input, plus the queues."""
+    o = tr.config.objective
+    ss, sw = o.soft_sentence, o.soft_word
     mask, valid = b["attention_mask"], b["valid"]
-    hidden, logits = tr.encode(tr.online, b["mlm_input_ids"], mask, mlm=w.mlm > 0)
-    with torch.no_grad():  # the momentum encoder sees the clean input and gives no gradient
+    hidden, logits = tr.encode(tr.online, b["mlm_input_ids"], mask, mlm=mlm_on(tr.config))
+    with torch.no_grad():  # the momentum encoder gives no gradient
         k_hidden, _ = tr.encode(tr.ema, b["input_ids"], mask, mlm=False)
     heads, ema_heads = tr.online["heads"], tr.ema["heads"]
+    losses, enqueue = {}, {}
 
-    q_s = heads["sentence"](pool(hidden, mask, tr.pooling))
+    # A sentence takes part when it has every label dimension (an absent one is < 0).
+    s_labels = torch.stack([b[f"sentence_{d}"].float() for d in ss.labels], dim=-1)  # (B, D)
+    s_valid = valid & (s_labels >= 0).all(-1)
+    q_s = heads[ss.head](pool(hidden, mask, tr.pooling))
     with torch.no_grad():
-        k_s = ema_heads["sentence"](pool(k_hidden, mask, tr.pooling))
-    s_valid = valid & b["sentence_valence_mask"]
-    s_val = b["sentence_valence"]
-    qs = tr.queues["sentence"]
-    sent = T.soft_label_contrastive(
-        q_s, k_s, s_val, temperature=w.temperature, label_temperature=w.label_temperature,
-        queue_keys=qs.keys, queue_valence=qs.values, valid=s_valid, queue_valid=qs.valid)
+        k_s = ema_heads[ss.head](pool(k_hidden, mask, tr.pooling))
+    losses["soft_sentence"] = T.soft_label_contrastive(
+        q_s, k_s, s_labels, temperature=ss.temperature, label_temperature=ss.label_temperature,
+        label_weights=tuple(ss.label_weights), valid=s_valid,
+        **tr.queue_args("soft_sentence", "queue_valence"))
+    enqueue["soft_sentence"] = (k_s, s_labels, s_valid)
 
+    # Words are the tokens the valence lexicon flags; token_valence is 0 where absent, the other
+    # dimensions are < 0 where the word has no rating, which leaves the word out.
     t_mask = b["token_valence_mask"] & valid[:, None]
-    q_vec, pos, w_valid = gather_words(hidden, t_mask, c.word_level.max_words_per_sentence)
+    for d in sw.labels:
+        if d != "valence":
+            t_mask = t_mask & (b[f"token_{d}"] >= 0)
+    t_labels = torch.stack([b[f"token_{d}"].float() for d in sw.labels], dim=-1)  # (B, L, D)
+    q_vec, pos, w_valid = gather_words(hidden, t_mask, sw.max_words_per_sentence)
     k_vec = torch.take_along_dim(k_hidden, pos[..., None], dim=1).reshape(q_vec.shape)
-    w_val = torch.take_along_dim(b["token_valence"], pos, dim=1).reshape(-1)
-    q_w = heads["word"](q_vec.float())
+    w_labels = torch.take_along_dim(t_labels, pos[..., None], dim=1).reshape(-1, len(sw.labels))
+    q_w = heads[sw.head](q_vec.float())
     with torch.no_grad():
-        k_w = ema_heads["word"](k_vec.float())
-    qw = tr.queues["word"]
-    word = T.soft_label_contrastive(
-        q_w, k_w, w_val, temperature=w.temperature, label_temperature=w.label_temperature,
-        queue_keys=qw.keys, queue_valence=qw.values, valid=w_valid, queue_valid=qw.valid)
+        k_w = ema_heads[sw.head](k_vec.float())
+    losses["soft_word"] = T.soft_label_contrastive(
+        q_w, k_w, w_labels, temperature=sw.temperature, label_temperature=sw.label_temperature,
+        label_weights=tuple(sw.label_weights), valid=w_valid,
+        **tr.queue_args("soft_word", "queue_valence"))
+    enqueue["soft_word"] = (k_w, w_labels, w_valid)
+    metrics = {"words_per_sentence": w_valid.sum() / valid.sum().clamp(min=1)}
 
-    loss = w.sentence * sent + w.word * word
-    metrics = {"sentence_loss": sent, "word_loss": word,
-               "words_per_sentence": w_valid.sum() / valid.sum().clamp(min=1)}
-    if w.mlm > 0:
-        mlm = T.masked_lm_loss(logits.float(), b["mlm_labels"])
-        loss = loss + w.mlm * mlm
-        metrics["mlm_loss"] = mlm
-    enqueue = {"sentence": (k_s, s_val, s_valid), "word": (k_w, w_val, w_valid)}
-    return loss, metrics, enqueue
+    if mlm_on(tr.config):
+        losses["mlm"] = T.masked_lm_loss(logits.float(), b["mlm_labels"])
+    return losses, metrics, enqueue
 
 
-def _two_views(tr: TorchTrainer, b: Batch) -> tuple[Tensor, Tensor]:
+def _two_views(tr: TorchTrainer, b: Batch, head: str) -> tuple[Tensor, Tensor]:
     """One forward of the batch stacked twice: the views differ only in their dropout masks."""
     ids, mask = b["input_ids"], b["attention_mask"]
     hidden, _ = tr.encode(tr.online, torch.cat([ids, ids]), torch.cat([mask, mask]), mlm=False)
-    z = tr.online["heads"]["projection"](pool(hidden, torch.cat([mask, mask]), tr.pooling))
+    z = tr.online["heads"][head](pool(hidden, torch.cat([mask, mask]), tr.pooling))
     q, k = z.chunk(2)
     return q, k
 
 
-def simcse(tr: TorchTrainer, b: Batch) -> MethodOut:
-    q, k = _two_views(tr, b)
-    loss = T.info_nce(q, k, temperature=tr.config.loss.temperature, valid=b["valid"])
-    return loss, {"info_nce": loss}, {}
+def _keys_only(k: Tensor, valid: Tensor) -> Enqueue:
+    """InfoNCE's queue entries: keys without labels (zeros, the JAX layout)."""
+    return k, torch.zeros(k.shape[0], device=k.device), valid
 
 
-def softcse(tr: TorchTrainer, b: Batch) -> MethodOut:
-    q, k = _two_views(tr, b)
-    c = tr.config.loss
-    loss = T.soft_cse(q, k, temperature=c.temperature, mode=c.softcse_mode,
-                      strength=c.softcse_strength, valid=b["valid"])
-    return loss, {"soft_cse": loss}, {}
+def simcse(tr: TorchTrainer, b: Batch) -> PresetOut:
+    """InfoNCE between two dropout views; the second view of a sentence is its positive."""
+    t = tr.config.objective.infonce
+    q, k = _two_views(tr, b, t.head)
+    loss = T.info_nce(q, k, temperature=t.temperature, valid=b["valid"],
+                      **tr.queue_args("infonce"))
+    return {"infonce": loss}, {}, {"infonce": _keys_only(k, b["valid"])}
 
 
-def retrofit(tr: TorchTrainer, b: Batch) -> MethodOut:
-    ids, mask, labels = b["input_ids"], b["attention_mask"], b["labels"]
+def softcse(tr: TorchTrainer, b: Batch) -> PresetOut:
+    """SimCSE with negatives down-weighted (or softened) by their similarity to the anchor."""
+    t = tr.config.objective.softcse
+    q, k = _two_views(tr, b, t.head)
+    loss = T.soft_cse(q, k, temperature=t.temperature, mode=t.mode, strength=t.strength,
+                      valid=b["valid"], **tr.queue_args("softcse"))
+    return {"softcse": loss}, {}, {"softcse": _keys_only(k, b["valid"])}
+
+
+def _labelled(b: Batch) -> tuple[Tensor, Tensor]:
+    """(labels clipped to >= 0, the valid rows that have a label)."""
+    labels = b["labels"]
+    return labels.clamp(min=0), b["valid"] & (labels >= 0)
+
+
+def retrofit(tr: TorchTrainer, b: Batch) -> PresetOut:
+    """SupCon on a projection of the sentence vectors + VSP against the frozen encoder's."""
+    o = tr.config.objective
+    ids, mask = b["input_ids"], b["attention_mask"]
     hidden, _ = tr.encode(tr.online, ids, mask, mlm=False)
     emb = pool(hidden, mask, tr.pooling)
     with torch.no_grad():
         frozen = pool(tr.encode(tr.frozen, ids, mask, mlm=False)[0], mask, tr.pooling)
-    proj = tr.online["heads"]["projection"](emb)
-    valid = b["valid"] & (labels >= 0)
-    c = tr.config.loss
-    supcon = T.supervised_contrastive(proj, labels, temperature=c.temperature, valid=valid)
-    vsp = T.vector_space_preservation(emb, frozen, valid=valid)
-    return supcon + c.vsp_weight * vsp, {"supcon_loss": supcon, "vsp_loss": vsp}, {}
+    labels, labelled = _labelled(b)
+    supcon = T.supervised_contrastive(tr.online["heads"][o.supcon.head](emb), labels,
+                                      temperature=o.supcon.temperature, valid=labelled)
+    # VSP needs no label: it preserves the space over every real row.
+    vsp = T.vector_space_preservation(emb, frozen, valid=b["valid"], mode=o.vsp.mode)
+    return {"supcon": supcon, "vsp": vsp}, {}, {}
 
 
-def lcl(tr: TorchTrainer, b: Batch) -> MethodOut:
-    ids, mask, labels = b["input_ids"], b["attention_mask"], b["labels"]
+def _cross_entropy(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+    """Mean over the valid rows; 0 (with a zero gradient) without one, as the JAX loss."""
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[valid].float(), labels[valid])
+
+
+def _accuracy(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+    return ((logits.argmax(-1) == labels) & valid).sum() / valid.sum().clamp(min=1)
+
+
+def lcl(tr: TorchTrainer, b: Batch) -> PresetOut:
+    """Classifier and weighting-network cross-entropies + label-aware contrast of the sentence
+    vectors, negatives weighted by the weighting network's class probabilities."""
+    o = tr.config.objective
+    ids, mask = b["input_ids"], b["attention_mask"]
     hidden, _ = tr.encode(tr.online, ids, mask, mlm=False)
     emb = pool(hidden, mask, tr.pooling)
     heads = tr.online["heads"]
-    logits, w_logits = heads["classifier"](emb), heads["weighting"](emb)
-    valid = b["valid"] & (labels >= 0)
-    c = tr.config.loss
-    loss = T.lcl_objective(logits, w_logits, labels.clamp(min=0), emb, temperature=c.temperature,
-                           alpha=c.alpha, valid=valid)
-    acc = ((logits.argmax(-1) == labels) & valid).sum() / valid.sum().clamp(min=1)
-    return loss, {"accuracy": acc}, {}
+    logits, w_logits = heads[o.ce.head](emb), heads[o.weighting_ce.head](emb)
+    labels, valid = _labelled(b)
+    class_weights = torch.softmax(w_logits.float(), dim=-1)
+    if o.lcl.detach_class_weights:
+        class_weights = class_weights.detach()
+    losses = {
+        "lcl": T.label_aware_contrastive(emb, labels, class_weights,
+                                         temperature=o.lcl.temperature, valid=valid),
+        "ce": _cross_entropy(logits, labels, valid),
+        "weighting_ce": _cross_entropy(w_logits, labels, valid),
+    }
+    metrics = {f"accuracy/{o.ce.head}": _accuracy(logits, labels, valid),
+               f"accuracy/{o.weighting_ce.head}": _accuracy(w_logits, labels, valid)}
+    return losses, metrics, {}
 
 
-METHODS: dict[str, Callable[[Any, Batch], MethodOut]] = {
+PRESETS: dict[str, Callable[[Any, Batch], PresetOut]] = {
     "softmcl": softmcl, "simcse": simcse, "softcse": softcse, "retrofit": retrofit, "lcl": lcl,
-}
-# What each method reads from a batch (softmcl_jax.methods.BATCH_KEYS).
-BATCH_KEYS = {
-    "softmcl": ("input_ids", "attention_mask", "valid", "mlm_input_ids", "mlm_labels",
-                "sentence_valence", "sentence_valence_mask", "token_valence",
-                "token_valence_mask"),
-    "simcse": ("input_ids", "attention_mask", "valid"),
-    "softcse": ("input_ids", "attention_mask", "valid"),
-    "retrofit": ("input_ids", "attention_mask", "valid", "labels"),
-    "lcl": ("input_ids", "attention_mask", "valid", "labels"),
 }
 
 
@@ -329,10 +459,11 @@ class TorchTrainer:
     """The JAX trainer's state and step, in PyTorch.
 
     Args:
-      config: the same ``ml_collections`` config the JAX trainer takes (``configs/*.py``).
+      config: the same ``ml_collections`` config the JAX trainer takes (``configs/*.py``); its
+        objective must be one of the five presets (:func:`preset_of`).
       model_dir: a transformers folder. For parity, one written by
-        ``softmcl_jax.models.save_pretrained(pretrained, params, dir, with_mlm_head=True)`` for
-        SoftMCL (so the MLM head is the JAX one) or without the head for the other methods.
+        ``softmcl_jax.models.save_pretrained(pretrained, params, dir, with_mlm_head=True)`` when
+        the mlm term is on (so the MLM head is the JAX one), without the head otherwise.
       init_heads_from: the JAX heads' initial params ``{name: flax params}`` (e.g.
         ``state.params["heads"]``); None draws fresh ones from ``config.seed`` (torch's RNG).
       device: torch device.
@@ -341,40 +472,47 @@ class TorchTrainer:
     def __init__(self, config: Any, model_dir: str, *,
                  init_heads_from: Mapping[str, Any] | None = None,
                  device: str | torch.device = "cpu"):
-        if config.method not in METHODS:
-            raise ValueError(f"config.method={config.method!r} is not one of {sorted(METHODS)}")
+        self.preset = preset_of(config)
         if config.model.dtype != "float32":
             raise ValueError("the PyTorch baseline runs in float32 only "
                              f"(config.model.dtype={config.model.dtype!r})")
-        self.config, self.method, self.device = config, config.method, torch.device(device)
+        # The JAX trainer's start-up checks (and messages), e.g. a queue size that is not a
+        # multiple of the keys written per step: config validation, not computation, so the
+        # reference need not restate it.
+        from softmcl_jax import objective
+
+        objective.plan(config)
+        self.config, self.device = config, torch.device(device)
         self.pooling = config.model.pooling
+        self.batch_keys = batch_keys(config, self.preset)
         torch.manual_seed(config.seed)
-        self.mlm = self.method == "softmcl" and config.loss.mlm > 0
+        self.mlm = mlm_on(config)
         auto = transformers.AutoModelForMaskedLM if self.mlm else transformers.AutoModel
         encoder = auto.from_pretrained(model_dir, dtype=torch.float32)
-        heads = make_heads(config, encoder.config.hidden_size)
+        heads = make_heads(config, self.preset, encoder.config.hidden_size)
         if init_heads_from is not None:
             if set(init_heads_from) != set(heads):
                 raise ValueError(f"init_heads_from has heads {sorted(init_heads_from)}, "
-                                 f"{self.method} needs {sorted(heads)}")
+                                 f"{self.preset} needs {sorted(heads)}")
             for name, head in heads.items():
                 head.load_flax(init_heads_from[name])
         self.online = nn.ModuleDict({"encoder": encoder, "heads": heads}).to(self.device)
         self.online.train()
         self.params = list(self.online.parameters())  # tied weights appear once
         # The momentum encoder is an EMA of every trainable parameter, heads included.
-        self.ema = self._frozen_copy(self.online) if self.method == "softmcl" else None
+        self.ema = self._frozen_copy(self.online) if self.preset == "softmcl" else None
         self.frozen = (self._frozen_copy(nn.ModuleDict({"encoder": encoder}))
-                       if self.method == "retrofit" else None)
-        # The same start-up check (and message) as the JAX trainer: it is config validation,
-        # not computation, so the reference need not restate it.
-        from softmcl_jax.train import queue_sizes
-
-        self.queues = {
-            name: Queue(keys=torch.zeros(k, config.head.dim, device=self.device),
-                        values=torch.zeros(k, device=self.device),
-                        valid=torch.zeros(k, dtype=torch.bool, device=self.device))
-            for name, (k, _) in queue_sizes(config, config.batch_size).items()}
+                       if self.preset == "retrofit" else None)
+        self.queues = {}
+        for term in active_terms(config):
+            size = config.objective[term].get("queue_size", 0)
+            if size:
+                labels = config.objective[term].get("labels")
+                values = (size, len(labels)) if labels is not None else (size,)
+                self.queues[term] = Queue(
+                    keys=torch.zeros(size, config.head.dim, device=self.device),
+                    values=torch.zeros(values, device=self.device),
+                    valid=torch.zeros(size, dtype=torch.bool, device=self.device))
         self.optimizer = make_optimizer(self.params, config)
         self.step_count = 0
 
@@ -392,9 +530,19 @@ class TorchTrainer:
             return out.hidden_states[-1], out.logits
         return enc.base_model(input_ids=ids, attention_mask=mask).last_hidden_state, None
 
+    def queue_args(self, term: str, values_key: str | None = None) -> dict[str, Tensor]:
+        """``term``'s queue as loss keyword arguments; {} without one."""
+        q = self.queues.get(term)
+        if q is None:
+            return {}
+        args = {"queue_keys": q.keys, "queue_valid": q.valid}
+        if values_key:
+            args[values_key] = q.values
+        return args
+
     def _tensors(self, batch: Mapping[str, Any]) -> Batch:
         out = {}
-        for k in BATCH_KEYS[self.method]:
+        for k in self.batch_keys:
             x = torch.as_tensor(np.asarray(batch[k]))
             if k in ("input_ids", "attention_mask", "mlm_input_ids", "mlm_labels", "labels"):
                 x = x.long()
@@ -405,7 +553,11 @@ class TorchTrainer:
         """One optimisation step on a (numpy) batch; returns the JAX trainer's metrics."""
         b = self._tensors(batch)
         lr = learning_rate(self.step_count, self.config)
-        loss, metrics, enqueue = METHODS[self.method](self, b)
+        losses, metrics, enqueue = PRESETS[self.preset](self, b)
+        loss = 0.0
+        for term in TERM_ORDER:  # the JAX summation order: ((w1 * l1) + w2 * l2) + ...
+            if term in losses:
+                loss = loss + float(self.config.objective[term].weight) * losses[term]
         self.optimizer.zero_grad(set_to_none=False)
         loss.backward()
         for p in self.params:
@@ -421,13 +573,13 @@ class TorchTrainer:
         self.optimizer.step()
         self.update_momentum_and_queues(enqueue)
         self.step_count += 1
-        out = {k: float(v.detach()) for k, v in metrics.items()}
+        out = {f"loss/{t}": float(v.detach()) for t, v in losses.items()}
+        out.update({k: float(v.detach()) for k, v in metrics.items()})
         out.update(loss=float(loss.detach()), grad_norm=float(grad_norm), learning_rate=lr)
         return out
 
     @torch.no_grad()
-    def update_momentum_and_queues(self, enqueue: Mapping[str, tuple[Tensor, Tensor, Tensor]]
-                                   ) -> None:
+    def update_momentum_and_queues(self, enqueue: Mapping[str, Enqueue]) -> None:
         """After the update: ``ema = mu * ema + (1 - mu) * params``, then the queue writes."""
         if self.ema is not None:
             mu = self.config.momentum.decay
@@ -470,15 +622,15 @@ def jax_initialised_model(config: Any, out_dir: str) -> tuple[str, dict[str, Any
     """
     import jax
 
-    from softmcl_jax import loop, train
+    from softmcl_jax import loop, sharding, train
     from softmcl_jax.models import save_pretrained
 
+    preset_of(config)  # refuse an objective torch does not implement before anything is written
     pretrained, tokenizer, model = loop.setup_model(config)
-    tx, _ = train.make_optimizer(config)
-    state = train.init_state(model, config, tx, config.batch_size)
+    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+    state = train.setup_step(model, config, mesh).init()
     params = jax.device_get(state.params)
-    save_pretrained(pretrained, params["encoder"], out_dir,
-                    with_mlm_head=config.method == "softmcl")
+    save_pretrained(pretrained, params["encoder"], out_dir, with_mlm_head=mlm_on(config))
     return out_dir, params["heads"], tokenizer
 
 
@@ -492,7 +644,7 @@ def main(argv: list[str]) -> None:
     config = f.config
     transformers.utils.logging.disable_progress_bar()  # keep the step lines readable
     steps = f.steps if f.steps is not None else config.total_steps
-    workdir = f.workdir or os.path.join("workdir", f"torch_{config.method}")
+    workdir = f.workdir or os.path.join("workdir", f"torch_{config.name or preset_of(config)}")
     os.makedirs(workdir, exist_ok=True)
     torch.set_num_threads(f.threads or torch.get_num_threads())
     init_dir, heads, tokenizer = jax_initialised_model(config, os.path.join(workdir, "init"))
@@ -551,7 +703,7 @@ def _cli() -> None:
                                     lock_config=True)
     flags.DEFINE_integer("steps", None, "Steps to run (default config.total_steps; the schedule "
                          "always spans config.total_steps, as in main.py).")
-    flags.DEFINE_string("workdir", None, "Output folder (default workdir/torch_<method>).")
+    flags.DEFINE_string("workdir", None, "Output folder (default workdir/torch_<config.name>).")
     flags.DEFINE_string("device", "cpu", "torch device.")
     flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: torch's default).")
     flags.mark_flags_as_required(["config"])

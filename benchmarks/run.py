@@ -1,21 +1,23 @@
-"""Training steps of every method, JAX trainer vs PyTorch baseline; plus queue+EMA and evaluation.
+"""Training steps of every preset, JAX trainer vs PyTorch baseline; plus queue+EMA and evaluation.
 
     python benchmarks/run.py [--methods softmcl,simcse,softcse,retrofit,lcl] [--batch 32]
         [--seq 64] [--repeats 5] [--eval_texts 512] [--model PATH] [--no_write]
 
-For each method: ``softmcl_jax.train.train_step`` (one ``jax.jit``, state donated) against
-``baselines.torch_train.TorchTrainer.step`` (eager PyTorch), from the same initial weights
-(MiniLM, the heads the JAX trainer draws from the seed) on the same batches (the JAX pipeline's
-VADER batches, MLM-masked; retrofitting and LCL get made-up labels, valence bins), fp32, with the
-configs' dropout. Each timed step is a full optimisation step on a new batch (forward, backward,
-clip, AdamW, EMA and queue writes where the method has them, metrics to the host), median of
-``--repeats`` after one warm-up step that, for JAX, is the compilation (reported separately).
+For each preset (``--methods``, each a configs/<name>.py): ``softmcl_jax.train.train_step`` (one
+``jax.jit``, state donated) against ``baselines.torch_train.TorchTrainer.step`` (eager PyTorch),
+from the same initial weights (MiniLM, the heads the JAX trainer draws from the seed) on the same
+batches (the JAX pipeline's VADER batches, MLM-masked; retrofitting and LCL get made-up labels,
+valence bins), fp32, with the configs' dropout. Each timed step is a full optimisation step on a
+new batch (forward, backward, clip, AdamW, EMA and queue writes where the preset has them,
+metrics to the host), median of ``--repeats`` after one warm-up step that, for JAX, is the
+compilation (reported separately).
 
 Also measured: the queue+EMA maintenance of SoftMCL alone (``ema = mu * ema + (1 - mu) * params``
-over all parameters plus the two queue writes; jitted and donated in JAX, in place in torch), the
-evaluation embedding (sentence vectors of ``--eval_texts`` VADER sentences, batch 64, padded to
-``--seq``), and peak memory: each framework runs in its own process (which imports only that
-framework), so the peak resident set size (CPU) or the peak device allocation (GPU) is its own.
+over all parameters plus one step's writes into its soft_sentence and soft_word queues; jitted
+and donated in JAX, in place in torch), the evaluation embedding (sentence vectors of
+``--eval_texts`` VADER sentences, batch 64, padded to ``--seq``), and peak memory: each framework
+runs in its own process (which imports only that framework), so the peak resident set size (CPU)
+or the peak device allocation (GPU) is its own.
 Writes a section of BENCHMARKS.md through benchmarks/report.py.
 """
 
@@ -77,7 +79,7 @@ def load_config(method: str, args: argparse.Namespace) -> Any:
 
 
 def prepare(args: argparse.Namespace, out: str) -> None:
-    """Batches, texts, and each method's initial weights written as the JAX trainer has them."""
+    """Batches, texts, and each preset's initial weights written as the JAX trainer has them."""
     import jax
 
     from baselines.torch_train import jax_initialised_model
@@ -131,7 +133,7 @@ def jax_worker(method: str, prep: str, args: argparse.Namespace) -> dict[str, An
     import jax
     import optax
 
-    from softmcl_jax import evaluate, loop, methods, sharding, train
+    from softmcl_jax import evaluate, loop, objective, sharding, train
 
     before = rss_mib()
     config = load_config("simcse" if method == "eval" else method, args)
@@ -148,12 +150,11 @@ def jax_worker(method: str, prep: str, args: argparse.Namespace) -> dict[str, An
         return dict(times=times, first=first, **_memory_jax(before))
 
     batches = load_batches(prep, method, args)
-    keys = methods.BATCH_KEYS[method]
-    batches = [{k: b[k] for k in keys} for b in batches]
+    the_plan = objective.plan(config)
+    batches = [{k: b[k] for k in the_plan.batch_keys} for b in batches]
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-    host, _, shardings, step_fn = train.setup_step(model, config, mesh)
-    state = train.place_state(host, shardings)
-    del host
+    init, _, shardings, step_fn = train.setup_step(model, config, mesh, the_plan)
+    state = init()
 
     def step(i: int) -> None:
         nonlocal state
@@ -171,12 +172,13 @@ def jax_worker(method: str, prep: str, args: argparse.Namespace) -> dict[str, An
     out = dict(times=sorted(times), first=compile_s)
     if method == "softmcl":
         mu = config.momentum.decay
-        b, w = config.batch_size, config.word_level.max_words_per_sentence
         rng = np.random.default_rng(0)
-        enq = {"sentence": (rng.normal(size=(b, config.head.dim)).astype(np.float32),
-                            np.zeros(b, np.float32), np.ones(b, bool)),
-               "word": (rng.normal(size=(b * w, config.head.dim)).astype(np.float32),
-                        np.zeros(b * w, np.float32), np.ones(b * w, bool))}
+        # One step's writes into each queue: per_step keys (batch, x words per sentence for
+        # soft_word) with their label values, shaped as the state holds them.
+        enq = {q.name: (rng.normal(size=(q.per_step, config.head.dim)).astype(np.float32),
+                        np.zeros((q.per_step, *q.value_shape), np.float32),
+                        np.ones(q.per_step, bool))
+               for q in the_plan.queues}
 
         def maintain(s, enq):
             ema = optax.incremental_update(s.params, s.ema_params, step_size=1.0 - mu)
@@ -252,13 +254,16 @@ def torch_worker(method: str, prep: str, args: argparse.Namespace) -> dict[str, 
     out = dict(times=sorted(times), first=first)
     if method == "softmcl":
         g = torch.Generator().manual_seed(0)
-        b, w, d = config.batch_size, config.word_level.max_words_per_sentence, config.head.dim
+        b, d = config.batch_size, config.head.dim
+        w = config.objective.soft_word.max_words_per_sentence
 
-        def rows(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            return (torch.randn(n, d, generator=g).to(device), torch.zeros(n, device=device),
+        def rows(name: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            values = trainer.queues[name].values.shape[1:]  # (label dimensions,)
+            return (torch.randn(n, d, generator=g).to(device),
+                    torch.zeros(n, *values, device=device),
                     torch.ones(n, dtype=torch.bool, device=device))
 
-        enq = {"sentence": rows(b), "word": rows(b * w)}
+        enq = {"soft_sentence": rows("soft_sentence", b), "soft_word": rows("soft_word", b * w)}
 
         def maintain() -> None:
             trainer.update_momentum_and_queues(enq)

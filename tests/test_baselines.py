@@ -2,8 +2,8 @@
 
 Parity: same initial weights (the JAX params exported to a transformers folder, the JAX heads
 copied), the same pipeline batches, dropout off (the frameworks cannot draw the same dropout
-masks), 5 steps of each method -> losses within 1e-4 relative at every step; params, momentum
-keys and queues after the 5 steps compared loosely as a diagnostic.
+masks), 5 steps of each preset -> losses within 1e-4 relative at every step; params and queues
+after the 5 steps compared loosely as a diagnostic.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import transformers
 from flax import traverse_util
 
 from baselines import torch_train as tt
-from softmcl_jax import loop, methods, sharding, train
+from softmcl_jax import loop, objective, sharding, train
 from softmcl_jax.data import load_vader_sentences
 from softmcl_jax.models import from_pretrained, save_pretrained
 from softmcl_jax.models.heads import MLPHead, gather_words, pool
@@ -42,7 +42,9 @@ TINY = {
 }
 # Queues of 2 batches: they fill, then wrap within the 5 steps. A cap of 3 MLM targets binds on
 # the longer sentences, so JAX's logits-at-3-positions meet PyTorch's logits everywhere.
-SOFTMCL = {"queue.sentence_size": 16, "queue.word_size": 64, "data.mlm_max_predictions": 3}
+SOFTMCL = {"objective.soft_sentence.queue_size": 16, "objective.soft_word.queue_size": 64,
+           "data.mlm_max_predictions": 3}
+PRESETS = ["softmcl", "simcse", "softcse", "retrofit", "lcl"]
 
 
 def load_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
@@ -153,15 +155,15 @@ def _labelled_file(path: str, fmt: str, n: int = 64) -> str:
     return path
 
 
-def method_config(method: str, tmp_path) -> ml_collections.ConfigDict:
-    fields = dict(TINY, **(SOFTMCL if method == "softmcl" else {}))
-    if method == "retrofit":
+def preset_config(preset: str, tmp_path) -> ml_collections.ConfigDict:
+    fields = dict(TINY, **(SOFTMCL if preset == "softmcl" else {}))
+    if preset == "retrofit":
         fields.update({"data.num_labels": 4,
                        "data.path": _labelled_file(str(tmp_path / "go.tsv"), "goemotions")})
-    if method == "lcl":
+    if preset == "lcl":
         fields.update({"data.num_labels": 4,
                        "data.path": _labelled_file(str(tmp_path / "sst.txt"), "sst")})
-    return load_config(method, **fields)
+    return load_config(preset, **fields)
 
 
 def _rel(a: float, b: float) -> float:
@@ -172,34 +174,47 @@ def _norm_rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-12))
 
 
+def test_preset_of_reads_the_active_terms():
+    for preset in PRESETS:
+        assert tt.preset_of(load_config(preset)) == preset
+    no_mlm = load_config("softmcl", **{"objective.mlm.weight": 0.0})
+    assert tt.preset_of(no_mlm) == "softmcl" and not tt.mlm_on(no_mlm)
+    with pytest.raises(ValueError, match=r"five presets only.*\['infonce', 'vsp'\]"):
+        tt.preset_of(load_config("simcse", **{"objective.vsp.weight": 1.0}))
+    with pytest.raises(ValueError, match=r"config.objective.infonce.key='ema/clean'"):
+        tt.preset_of(load_config("simcse", **{"objective.infonce.key": "ema/clean"}))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["softmcl", "simcse", "softcse", "retrofit", "lcl"])
-def test_torch_baseline_takes_the_jax_steps(method, dropout_free_model, tmp_path):
+@pytest.mark.parametrize("preset", PRESETS)
+def test_torch_baseline_takes_the_jax_steps(preset, dropout_free_model, tmp_path):
     t0 = time.perf_counter()
-    config = method_config(method, tmp_path)
-    mlm_layout = method == "softmcl"
+    config = preset_config(preset, tmp_path)
+    assert tt.preset_of(config) == preset
+    mlm_layout = tt.mlm_on(config)
+    the_plan = objective.plan(config)
 
     # JAX: what loop.run does, on one device.
     pretrained = from_pretrained(dropout_free_model, seed=config.seed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(dropout_free_model)
-    model = methods.Model(pretrained, methods.make_heads(config, pretrained.config.hidden_size),
-                          config.model.pooling)
+    model = objective.build_model(pretrained, the_plan, config)
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-    host, _, shardings, step_fn = train.setup_step(model, config, mesh)
-    init = jax.tree.map(np.array, jax.device_get(host.params))  # copies: the state is donated
+    init_fn, _, _, step_fn = train.setup_step(model, config, mesh)
+    state = init_fn()
+    # Copies, taken before the first step: the step donates the state.
+    init = jax.tree.map(np.array, jax.device_get(state.params))
     torch_dir = save_pretrained(pretrained, init["encoder"], str(tmp_path / "torch_init"),
                                 with_mlm_head=mlm_layout)
     pipeline = loop.build_pipeline(config, tokenizer, mesh, set())
-    keys = methods.BATCH_KEYS[method]
+    keys = the_plan.batch_keys
+    assert set(tt.batch_keys(config, preset)) <= set(keys)
     batches = [{k: pipeline.batch(s)[k] for k in keys} for s in range(STEPS)]
-    state = train.place_state(host, shardings)
-    del host
     jax_metrics = []
     for b in batches:
         state, m = step_fn(state, b)
         jax_metrics.append(train.host_scalars(m))
 
-    if method == "softmcl":
+    if preset == "softmcl":
         targets = [(b["mlm_labels"] != -100).sum(1) for b in batches]
         assert max(int(t.max()) for t in targets) == 3  # the cap binds in these batches
         assert all(m["mlm_left_out"] == 0 for m in jax_metrics)
@@ -213,12 +228,14 @@ def test_torch_baseline_takes_the_jax_steps(method, dropout_free_model, tmp_path
              for n in names}
     per_step = [_rel(t["loss"], j["loss"]) for t, j in zip(torch_metrics, jax_metrics,
                                                            strict=True)]
-    print(f"\n{method}: losses JAX {[round(m['loss'], 5) for m in jax_metrics]}")
-    print(f"{method}: loss relative difference per step "
+    assert set(jax_metrics[0]) - {"mlm_left_out"} == set(torch_metrics[0]), (
+        sorted(jax_metrics[0]), sorted(torch_metrics[0]))
+    print(f"\n{preset}: losses JAX {[round(m['loss'], 5) for m in jax_metrics]}")
+    print(f"{preset}: loss relative difference per step "
           f"{[f'{r:.1e}' for r in per_step]}; max over steps per metric: "
           + ", ".join(f"{n} {r:.1e}" for n, r in worst.items()))
 
-    # Diagnostic: parameters (and for SoftMCL the EMA and the queues) after the 5 updates.
+    # Diagnostic: parameters (and for SoftMCL the queues) after the 5 updates.
     params = jax.device_get(state.params)
     ours = trainer.state_dict_numpy()
     theirs = {f"encoder.{k}": v for k, v in export_state_dict(
@@ -231,14 +248,16 @@ def test_torch_baseline_takes_the_jax_steps(method, dropout_free_model, tmp_path
     param_rel = {k: _norm_rel(ours[k], np.asarray(theirs[k])) for k in common}
     worst_param = max(param_rel, key=param_rel.get)
     extra = ""
-    if method == "softmcl":
+    if preset == "softmcl":
+        assert set(trainer.queues) == set(state.queues) == {"soft_sentence", "soft_word"}
         for name, q in trainer.queues.items():
             jq = state.queues[name]
             assert q.ptr == int(jq.ptr)
+            assert tuple(q.values.shape) == jq.values.shape
             np.testing.assert_array_equal(q.valid.numpy(), np.asarray(jq.valid))
             extra += (f", queue {name} keys {_norm_rel(q.keys.numpy(), np.asarray(jq.keys)):.1e}"
                       f" values {_norm_rel(q.values.numpy(), np.asarray(jq.values)):.1e}")
-    print(f"{method}: params after {STEPS} steps, max ||Δ||/||p|| {param_rel[worst_param]:.1e} "
+    print(f"{preset}: params after {STEPS} steps, max ||Δ||/||p|| {param_rel[worst_param]:.1e} "
           f"({worst_param}){extra}; {time.perf_counter() - t0:.1f} s")
 
     assert max(per_step) <= LOSS_RTOL, (per_step, jax_metrics, torch_metrics)
