@@ -193,6 +193,17 @@ class Checkpointer:
             step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_state)}))
         return restored[_STATE]
 
+    def restore_subtree(self, step: int | None, target: dict[str, Any]) -> dict[str, Any]:
+        """Only the part of the saved state that ``target`` names, e.g. ``{"params":
+        {"encoder": abstract}}`` (dicts keyed like the state's fields, ``jax.ShapeDtypeStruct``
+        leaves with ``.sharding``); nothing else is read from storage."""
+        step = self._resolve(step)
+        path = os.path.join(self.directory, str(step), _STATE)
+        restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), target)
+        with ocp.PyTreeCheckpointer() as reader:
+            return reader.restore(path, args=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=True))
+
     def restore_meta(self, step: int | None = None) -> dict[str, Any]:
         """The JSON meta saved with ``step`` (None: the latest); {} for none saved."""
         step = self._resolve(step)

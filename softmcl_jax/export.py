@@ -17,7 +17,6 @@ import os
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from softmcl_jax import loop, objective, sharding, train
 from softmcl_jax.models import save_pretrained
@@ -41,16 +40,10 @@ def export(workdir: str, out: str, *, step: int | None = None,
                               pretrained.params)
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     target = train.abstract_with_shardings(abstract, train.state_shardings(abstract, mesh))
-    # Everything but the encoder's parameters is a placeholder: orbax skips reading it.
-    target = target.replace(
-        params={"encoder": target.params["encoder"],
-                "heads": jax.tree.map(lambda _: ocp.PLACEHOLDER, target.params["heads"])},
-        **{f: jax.tree.map(lambda _: ocp.PLACEHOLDER, getattr(target, f))
-           for f in ("step", "opt_state", "ema_params", "queues", "rng")})
     ckpt = loop.checkpointer(config, workdir)
-    state = ckpt.restore(step, target)
+    restored = ckpt.restore_subtree(step, {"params": {"encoder": target.params["encoder"]}})
     ckpt.close()
-    return save_pretrained(pretrained, jax.device_get(state.params["encoder"]), out,
+    return save_pretrained(pretrained, jax.device_get(restored["params"]["encoder"]), out,
                            with_mlm_head=with_mlm_head)
 
 

@@ -371,3 +371,92 @@ def test_mixed_run_end_to_end_logs_every_term(model_dir, tmp_path):
         assert np.isclose(r["loss"], parts["soft_sentence"] + parts["soft_word"]
                           + 0.1 * parts["mlm"] + parts["vsp"], rtol=1e-5)
     assert transformers.AutoConfig.from_pretrained(os.path.join(workdir, "export"))
+
+
+# ---------------------------------------------------------------- the config contract
+
+
+def _flat_keys(config, prefix=""):
+    out = set()
+    for k, v in config.items():
+        if hasattr(v, "items"):
+            out |= _flat_keys(v, f"{prefix}{k}.")
+        else:
+            out.add(f"{prefix}{k}")
+    return out
+
+
+@pytest.mark.parametrize("name", ["softmcl", "simcse", "softcse", "retrofit", "lcl"])
+def test_presets_only_set_fields_that_base_declares(name):
+    """A preset that added a field would be a hidden default: base.py declares every field."""
+    base = runpy.run_path(os.path.join(tu.ROOT, "configs", "base.py"))["get_base"]()
+    assert _flat_keys(preset(name)) == _flat_keys(base)
+
+
+def test_a_term_without_its_data_is_refused(model_dir):
+    """SupCon on the shipped VADER sentences, which have valences but no classes."""
+    config = preset("simcse", **dict(TINY, **{"objective.supcon.weight": 1.0}))
+    config.model.name_or_path = model_dir
+    with pytest.raises(ValueError, match=r"config.objective.supcon needs class labels .* \("
+                                         r"config.data.source='vader'\) have none"):
+        _setup(config)
+
+
+def test_labels_beyond_num_labels_are_refused_with_file_and_line(model_dir, tmp_path):
+    """LCL on GoEmotions-format data with num_labels=5 used to train to NaN and exit 0."""
+    path = tmp_path / "go.tsv"
+    path.write_text("a fine day\t1\tid0\nwhat a mess\t4\tid1\nso much joy\t17\tid2\n"
+                    "meh\t27\tid3\n")
+    config = preset("lcl", **dict(TINY, **{"data.source": "goemotions", "data.path": str(path),
+                                          "data.num_labels": 5}))
+    config.model.name_or_path = model_dir
+    with pytest.raises(ValueError, match=rf"{path}:3: label 17 does not fit "
+                                         r"config.data.num_labels=5 \(ids 0..4\); 1 more row"):
+        _setup(config)
+
+
+@pytest.mark.slow
+def test_a_csv_with_a_valence_column_trains_from_the_command_line(model_dir, tmp_path):
+    """data.scale_low/high were None, which config_flags cannot override; now placeholders."""
+    workdir = str(tmp_path / "run")
+    proc = tu.run_main(
+        "simcse.py", workdir, model_dir,
+        **dict(tu.TINY, total_steps=3, objective__infonce__weight=0.0, data__source="csv",
+               data__path=labelled_csv(str(tmp_path / "l.csv")), data__valence_column="rating",
+               data__scale_low=-4.0, data__scale_high=4.0, objective__soft_sentence__weight=1.0,
+               objective__soft_sentence__query="online/clean",
+               objective__soft_sentence__key="online/clean/2"))
+    assert "loss = 1*soft_sentence" in proc.stderr
+    rows = tu.read_metrics(workdir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(r["loss/soft_sentence"]) and r["loss"] == r["loss/soft_sentence"]
+               for r in rows)
+
+
+@pytest.mark.slow
+def test_resume_rebuilds_the_frozen_copy(model_dir, tmp_path):
+    """Retrofitting's frozen encoder is a constant, not checkpointed: with the step-8 checkpoint
+    removed, the same command resumes from step 4 and recomputes steps 5-8 bit for bit."""
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    path = str(tmp_path / "go.tsv")
+    with open(path, "w") as f:
+        for i, s in enumerate(load_vader_sentences(("tweets",))[:64]):
+            f.write(f"{' '.join(s.text.split())}\t{min(int(s.valence * 4), 3)}\tid{i}\n")
+    fields = dict(tu.TINY, total_steps=8, data__num_labels=4, data__path=path)
+    workdir = str(tmp_path / "run")
+    tu.run_main("retrofit.py", workdir, model_dir, **fields)
+    first = tu.read_metrics(workdir)
+    weights = load_file(os.path.join(workdir, "export", "model.safetensors"))
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))
+    shutil.rmtree(os.path.join(workdir, "export"))
+    proc = tu.run_main("retrofit.py", workdir, model_dir, **fields)
+    assert "resumed from" in proc.stderr and "at step 4" in proc.stderr
+    assert tu.read_metrics(workdir) == first
+    assert any(r["loss/vsp"] > 0 for r in first)
+    again = load_file(os.path.join(workdir, "export", "model.safetensors"))
+    for k in weights:
+        np.testing.assert_array_equal(weights[k], again[k], err_msg=k)
