@@ -6,6 +6,7 @@ Every config field can be overridden on the command line (``--config.x.y=value``
 from __future__ import annotations
 
 import logging
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -36,8 +37,17 @@ def main(argv: list[str]) -> None:
     # orbax logs every file it renames through absl at INFO; keep the run's own log readable.
     logging.getLogger("absl").setLevel(logging.WARNING)
     from softmcl_jax import loop
+    from softmcl_jax.data.records import DataError
+    from softmcl_jax.models import CheckpointError
+    from softmcl_jax.workdir import ConfigMismatch, WorkdirBusy
 
-    loop.run(_CONFIG.value, _WORKDIR.value)
+    try:
+        loop.run(_CONFIG.value, _WORKDIR.value)
+    except (loop.Diverged, ConfigMismatch, WorkdirBusy, DataError, CheckpointError,
+            ValueError) as e:
+        # What the user must fix, said plainly: no traceback, exit status 1.
+        logging.getLogger("main").error("%s: %s", type(e).__name__, e)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

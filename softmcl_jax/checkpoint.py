@@ -46,6 +46,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any
@@ -85,6 +86,16 @@ def with_shardings(shapes: Any, shardings: Any) -> Any:
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=shardings), shapes)
     return jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def non_finite_leaves(tree: Any) -> list[str]:
+    """Key paths of the floating-point leaves of ``tree`` that hold a NaN or an infinity."""
+    out = []
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        if hasattr(x, "dtype") and jax.numpy.issubdtype(x.dtype, jax.numpy.floating):
+            if not bool(jax.numpy.isfinite(x).all()):
+                out.append(jax.tree_util.keystr(path))
+    return out
 
 
 def _json_default(x: Any) -> Any:
@@ -192,6 +203,54 @@ class Checkpointer:
         restored = self._manager.restore(
             step, args=ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_state)}))
         return restored[_STATE]
+
+    def restore_newest_good(self, abstract_state: Any) -> tuple[int, Any] | None:
+        """``(step, state)`` of the newest checkpoint that restores and holds only finite values;
+        None when there is none.
+
+        A checkpoint is trusted only after that verification. One that fails (a deleted
+        ``_METADATA``, a truncated data file, a NaN) is reported with its step and the reason,
+        moved aside (:meth:`set_aside`), and the next older one is tried; a ``RuntimeError``
+        naming the directory and every step tried comes only when none restores. Orbax's
+        temporary folders of a killed save are never candidates (they are removed on start).
+        """
+        tried = []
+        for step in reversed(self.all_steps()):
+            try:
+                state = self.restore(step, abstract_state)
+                bad = non_finite_leaves(state)
+                if bad:
+                    raise ValueError(f"non-finite values in {', '.join(bad[:3])}")
+                return step, state
+            except Exception as e:  # noqa: BLE001 -- whatever the failure, the step is not trusted
+                reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+                tried.append(f"{step} ({reason})")
+                log.warning("checkpoint %d in %s cannot be restored (%s); falling back to the "
+                            "next older one", step, self.directory, reason)
+                self.set_aside(step)
+        if tried:
+            raise RuntimeError(f"{self.directory}: no checkpoint could be restored; tried "
+                               + "; ".join(tried))
+        return None
+
+    def set_aside(self, step: int) -> None:
+        """Move a bad checkpoint out of the manager's sight (so a later save of that step is not
+        skipped as existing), keeping it for inspection in ``<directory>.bad/``; on remote
+        storage it is deleted."""
+        if jax.process_index() == 0:
+            if "://" in self.directory:
+                self._manager.delete(step)
+            else:
+                aside = f"{self.directory}.bad"
+                os.makedirs(aside, exist_ok=True)
+                target = os.path.join(aside, f"{step}-{int(time.time())}")
+                os.rename(os.path.join(self.directory, str(step)), target)
+                log.warning("checkpoint %d moved to %s", step, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"set_aside {step}")
+        self._manager.reload()
 
     def restore_subtree(self, step: int | None, target: dict[str, Any]) -> dict[str, Any]:
         """Only the part of the saved state that ``target`` names, e.g. ``{"params":

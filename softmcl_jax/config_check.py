@@ -28,6 +28,7 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
     for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
                   "keep_checkpoints"):
         _require(c[field] > 0, field, c[field], "must be > 0")
+    _require(c.max_skipped_steps >= 0, "max_skipped_steps", c.max_skipped_steps, "must be >= 0")
     o = c.optimizer
     _require(o.learning_rate > 0, "optimizer.learning_rate", o.learning_rate,
              "must be > 0 (a negative rate is gradient ascent)")

@@ -6,6 +6,11 @@ The suite, on any Hugging Face-format encoder (ours or not) and a data folder la
     python -m softmcl_jax.evaluate --checkpoint=DIR --data_dir=../shared/data
         [--tasks=sst2,emobank,...] [--pooling=mean] [--max_examples=2000] [--output=r.json]
 
+``--checkpoint`` may also be a training workdir (``config.json`` written by the trainer,
+``checkpoints/``): its exported encoder ``WORKDIR/export`` is evaluated, with the run's
+``model.pooling`` unless ``--pooling`` is given (``resolve_checkpoint``). The exit status is
+non-zero when no task ran (every default task skipped for missing files), with the reasons.
+
 Tasks, split and regularisation protocol: ``softmcl_jax/evaluation/`` (``tasks.py``,
 ``data.py``). The trainer's probe, used from Python:
 
@@ -25,7 +30,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -214,6 +221,55 @@ def vader_probe_split(sentences: Sequence[Sentence], *, n_train: int, n_test: in
 
 # --- the downstream suite: python -m softmcl_jax.evaluate ------------------------------------
 
+EXPORT_DIR = "export"  # where the trainer (and the export command) put a workdir's encoder
+
+
+def _trainer_config(folder: str) -> dict[str, Any] | None:
+    """``folder``'s config.json if the trainer wrote it (not a transformers config), else None."""
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        cfg = None
+    if isinstance(cfg, dict) and "model_type" in cfg:
+        return None  # a Hugging Face folder
+    if isinstance(cfg, dict) and ("objective" in cfg or isinstance(cfg.get("model"), dict)):
+        return cfg
+    if os.path.isdir(os.path.join(folder, "checkpoints")):
+        return cfg if isinstance(cfg, dict) else {}
+    return None
+
+
+def resolve_checkpoint(checkpoint: str) -> tuple[str, str | None]:
+    """The encoder that ``--checkpoint`` names: (folder or hub id to load, the run's pooling).
+
+    A training workdir (its ``config.json`` is the trainer's, with keys such as ``objective``
+    and ``model``, or it has a ``checkpoints/`` folder) stands for its exported encoder,
+    ``WORKDIR/export``, which a finished run writes; the pooling returned is the run's
+    ``model.pooling`` ("mean" or "cls") when its config says. A workdir without ``export/``
+    raises ``FileNotFoundError`` saying how to write one. Anything else (a Hugging Face folder,
+    a hub id, "minilm") resolves as ``models.hf.resolve_name`` does, with pooling None.
+    """
+    if not os.path.isdir(checkpoint):
+        return resolve_name(checkpoint), None
+    cfg = _trainer_config(checkpoint)
+    if cfg is None:
+        return checkpoint, None
+    export = os.path.join(checkpoint, EXPORT_DIR)
+    if not os.path.isfile(os.path.join(export, "config.json")):
+        workdir = checkpoint.rstrip("/") or checkpoint
+        raise FileNotFoundError(
+            f"{checkpoint} is a training workdir, not an encoder folder, and it has no exported "
+            f"encoder ({export}/config.json is missing; a run writes it when it finishes with "
+            f"export.enabled). Write one with: python -m softmcl_jax.export "
+            f"--workdir={workdir} --out={os.path.join(workdir, EXPORT_DIR)}")
+    model = cfg.get("model")
+    pooling = model.get("pooling") if isinstance(model, dict) else None
+    if pooling not in POOLINGS:
+        pooling = None
+    log.info("%s is a training workdir: evaluating its exported encoder %s", checkpoint, export)
+    return export, pooling
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -221,13 +277,17 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 
 def run_suite(checkpoint: str, tasks: Sequence[str] | None, config: Any, *,
-              pooling: str = "mean", max_len: int = 128, batch_size: int = 64,
+              pooling: str | None = None, max_len: int = 128, batch_size: int = 64,
               dtype: str = "float32") -> tuple[list[Any], dict[str, str]]:
     """Run ``tasks`` (None: every default task the data folder has) on ``checkpoint``.
 
+    ``checkpoint`` is resolved by ``resolve_checkpoint`` (a training workdir means its
+    ``export/``); ``pooling`` None is the workdir run's pooling, else "mean".
+
     Returns (results, skipped): ``TaskResult``s in task order, and ``{task: why}`` for default
     tasks whose files are missing. A task named explicitly whose files are missing raises
-    ``MissingData``.
+    ``MissingData``. Both may be empty: the caller decides whether that is an error (the CLI
+    exits non-zero).
     """
     import time
 
@@ -242,7 +302,10 @@ def run_suite(checkpoint: str, tasks: Sequence[str] | None, config: Any, *,
     unknown = [t for t in names if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; tasks: {', '.join(TASKS)}")
-    path = resolve_name(checkpoint)
+    path, run_pooling = resolve_checkpoint(checkpoint)
+    pooling = pooling or run_pooling or "mean"
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
     pretrained = from_pretrained(path, dtype=DTYPES[dtype], seed=config.seed)
     tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained.tokenizer_path or path)
     limit = getattr(tokenizer, "model_max_length", None)
@@ -275,9 +338,13 @@ def run_suite(checkpoint: str, tasks: Sequence[str] | None, config: Any, *,
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """The CLI; returns the JSON-able results (also written to ``--output``)."""
+    """The CLI; returns the JSON-able results (also written to ``--output``).
+
+    Raises ``SystemExit`` (status 1, the message on stderr) when no task ran, e.g. an empty
+    ``--data_dir``, naming each skipped task and why; ``--output`` is then not written. Also
+    when ``--checkpoint`` is a training workdir without an exported encoder.
+    """
     import argparse
-    import os
 
     from softmcl_jax.evaluation import DEFAULT_TASKS, SLOW_TASKS, SuiteConfig, report
 
@@ -286,13 +353,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         description="Downstream evaluation of a Hugging Face-format encoder: markdown report on "
                     "stdout, numbers in --output.")
     p.add_argument("--checkpoint", required=True,
-                   help="encoder folder (config.json, weights, tokenizer), hub id, or 'minilm'")
+                   help="encoder folder (config.json, weights, tokenizer), hub id, 'minilm', "
+                        "or a training workdir (its export/ is evaluated)")
     p.add_argument("--data_dir", default=os.environ.get("SOFTMCL_DATA_DIR"),
                    help="data folder laid out like ../shared/data (default: $SOFTMCL_DATA_DIR)")
     p.add_argument("--tasks", default=None,
                    help=f"comma list (default: every one the data folder has of "
                         f"{','.join(DEFAULT_TASKS)}; also {','.join(SLOW_TASKS)})")
-    p.add_argument("--pooling", default="mean", choices=POOLINGS)
+    p.add_argument("--pooling", default=None, choices=POOLINGS,
+                   help="default: the run's model.pooling for a training workdir, else mean")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--max_len", type=int, default=128)
     p.add_argument("--max_examples", type=int, default=None, help="cap per split (quick runs)")
@@ -322,11 +391,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         goemotions_drop_neutral=a.goemotions_drop_neutral, progress=not a.no_progress)
     tasks = None if a.tasks in (None, "", "default") else [
         t.strip() for t in a.tasks.split(",") if t.strip()]
-    results, skipped = run_suite(a.checkpoint, tasks, config, pooling=a.pooling,
+    if tasks == []:
+        p.error(f"--tasks={a.tasks} names no task")
+    try:
+        path, run_pooling = resolve_checkpoint(a.checkpoint)
+    except FileNotFoundError as e:
+        raise SystemExit(f"{p.prog}: error: {e}") from None
+    pooling = a.pooling or run_pooling or "mean"
+    if run_pooling and not a.pooling:
+        log.info("pooling=%s: the run's model.pooling (--pooling overrides)", pooling)
+    elif run_pooling and a.pooling != run_pooling:
+        log.warning("--pooling=%s, but the run trained with model.pooling=%s", a.pooling,
+                    run_pooling)
+    results, skipped = run_suite(path, tasks, config, pooling=pooling,
                                  max_len=a.max_len, batch_size=a.batch_size, dtype=a.dtype)
-    header = {"checkpoint": a.checkpoint, "data_dir": a.data_dir, "pooling": a.pooling,
-              "max_len": a.max_len, "max_examples": a.max_examples, "seed": a.seed}
+    header = {"checkpoint": a.checkpoint}
+    if path != resolve_name(a.checkpoint):  # a training workdir: say which folder was loaded
+        header["encoder"] = path
+    header.update(data_dir=a.data_dir, pooling=pooling, max_len=a.max_len,
+                  max_examples=a.max_examples, seed=a.seed)
     print(report.markdown(results, header=header, skipped=skipped), end="", flush=True)
+    if not results:
+        why = "".join(f"\n  {task}: {reason}" for task, reason in skipped.items())
+        raise SystemExit(f"{p.prog}: error: no task ran on --data_dir={a.data_dir}; "
+                         f"skipped:{why or ' none'}")
     if a.output:
         report.write_json(results, a.output)
     return report.to_json(results)
@@ -337,6 +425,7 @@ __all__ = [
     "embed_texts",
     "main",
     "probe_split",
+    "resolve_checkpoint",
     "run_suite",
     "valence_probe",
     "vader_probe_split",

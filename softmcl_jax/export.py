@@ -12,22 +12,12 @@ the tokenizer files: ``transformers.AutoModel.from_pretrained(DIR)`` and
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import jax
-import ml_collections
 
 from softmcl_jax import loop, objective, sharding, train
 from softmcl_jax.models import save_pretrained
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, loop.CONFIG_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: missing; is {workdir} a softmcl_jax workdir?")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+from softmcl_jax.workdir import load_config
 
 
 def export(workdir: str, out: str, *, step: int | None = None,

@@ -7,6 +7,7 @@ exactly what an uninterrupted one would. SIGTERM (a preemption) saves a checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -17,7 +18,7 @@ import jax
 import ml_collections
 
 from softmcl_jax import config_check, evaluate, objective, sharding, train
-from softmcl_jax.checkpoint import Checkpointer, PreemptionGuard
+from softmcl_jax.checkpoint import Checkpointer, PreemptionGuard, non_finite_leaves
 from softmcl_jax.data import (
     MaskingConfig,
     Pipeline,
@@ -28,10 +29,9 @@ from softmcl_jax.data import (
 from softmcl_jax.metrics import MetricWriter, ProgressBar
 from softmcl_jax.models import DTYPES, from_pretrained, save_pretrained
 from softmcl_jax.models.hf import resolve_name
+from softmcl_jax.workdir import WorkdirLock, check_config, write_config
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
 
 
 def setup_model(config: ml_collections.ConfigDict, the_plan: objective.Plan | None = None):
@@ -115,18 +115,66 @@ def run_probe(config, pretrained, params, tokenizer, probe: evaluate.ProbeSplit)
     return evaluate.valence_probe(x_tr, probe.train_y, x_te, probe.test_y)
 
 
-def _write_config(config: ml_collections.ConfigDict, path: str) -> None:
-    """For export.py and for the record; written whole or not at all (write, then rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    os.replace(tmp, path)
+class Diverged(RuntimeError):
+    """A step's loss, gradient or update was not finite (and skipping was not allowed)."""
+
+
+class FiniteWatch:
+    """Every step's ``metrics["finite"]`` (train_step), read lazily: the flags are fetched at the
+    logging and checkpoint steps and at the end, so checking every step costs no extra sync.
+
+    The step never applies a non-finite update, so the state stays finite whatever happens; this
+    decides whether the run stops (``Diverged``, naming the step and each term's value) or skips
+    on, up to ``config.max_skipped_steps`` steps in the whole run (resumes included).
+    """
+
+    def __init__(self, max_skipped: int, skipped_before: int):
+        self.max_skipped, self.skipped_before = max_skipped, skipped_before
+        self.skipped: list[int] = []
+        self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self._pending.append((step, metrics))
+
+    def check(self) -> None:
+        pending, self._pending = self._pending, []
+        rows = jax.device_get([m for _, m in pending])
+        for (step, _), m in zip(pending, rows, strict=True):
+            if bool(m["finite"]):
+                continue
+            values = ", ".join(f"{k}={float(v):.6g}" for k, v in sorted(m.items())
+                               if k.startswith("loss") or k == "grad_norm")
+            self.skipped.append(step)
+            count = self.skipped_before + len(self.skipped)
+            if count > self.max_skipped:
+                raise Diverged(
+                    f"step {step}: non-finite loss, gradient or update ({values}). Nothing of it "
+                    "was applied, checkpointed or exported: the newest checkpoint holds the last "
+                    f"finite state. {count} non-finite step(s) in this run; "
+                    f"config.max_skipped_steps={self.max_skipped} allows skipping that many")
+            log.warning("step %d: non-finite (%s): update skipped (%d of at most %d)", step,
+                        values, count, self.max_skipped)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train the objective of ``config`` in ``workdir`` (resuming if it holds checkpoints)."""
+    """Train the objective of ``config`` in ``workdir`` (resuming if it holds checkpoints).
+
+    Refused before anything is written: an invalid config, a workdir held by another trainer,
+    a workdir holding a run with another config. Raises ``Diverged`` when a step is not finite.
+    """
     the_plan = config_check.validate(config)  # before anything is loaded or written
     log.info("%s", the_plan.describe())
+    chief = jax.process_index() == 0  # one host writes the config, metrics, export, probe line
+    os.makedirs(workdir, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if chief:
+            stack.enter_context(WorkdirLock(workdir))
+        check_config(config, workdir)
+        return _run(config, workdir, the_plan, chief)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, the_plan: objective.Plan,
+         chief: bool) -> dict[str, Any]:
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     _check_mesh(config, mesh)
     pretrained, tokenizer, model = setup_model(config, the_plan)
@@ -134,54 +182,65 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     probe = probe_data(config) if config.probe.enabled else None
     held_out = set(probe.train_texts) | set(probe.test_texts) if probe else set()
     pipeline = build_pipeline(config, tokenizer, mesh, held_out, the_plan)
+    if chief:
+        write_config(config, workdir)  # every check has passed
 
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        _write_config(config, os.path.join(workdir, CONFIG_FILE))
     init, abstract, shardings, step_fn = train.setup_step(model, config, mesh, the_plan)
     ckpt = checkpointer(config, workdir)
-    start = ckpt.latest_step() or 0
-    if start:
-        state = ckpt.restore(start, train.abstract_with_shardings(abstract, shardings))
+    restored = ckpt.restore_newest_good(train.abstract_with_shardings(abstract, shardings))
+    if restored is not None:
+        start, state = restored
         log.info("resumed from %s at step %d", ckpt.directory, start)
     else:
-        state = init()
+        start, state = 0, init()
     log.info("mesh %s; per device: %s", dict(mesh.shape),
              train.describe_sharding(state, step_fn.constants))
     keys = the_plan.batch_keys
 
-    chief = jax.process_index() == 0  # one host writes metrics, the export and the probe line
     writer = MetricWriter(workdir, active=chief)
     writer.truncate_after(start + 1)  # we log 1-based steps: keep 1..start
     result: dict[str, Any] = {"start_step": start}
     if probe is not None:
         result["probe_before"] = run_probe(config, pretrained, pretrained.params, tokenizer, probe)
 
+    watch = FiniteWatch(config.max_skipped_steps, int(jax.device_get(state.skipped)))
     batches = pipeline.iterate(start_step=start)
     bar = ProgressBar(total=config.total_steps, initial=start, enabled=chief)
     step = start
     t0 = time.perf_counter()
-    with PreemptionGuard() as guard:
-        while step < config.total_steps:
-            batch = next(batches)
-            state, metrics = step_fn(state, {k: batch[k] for k in keys})
-            step += 1
-            if step % config.log_every_steps == 0 or step == config.total_steps:
-                scalars = train.host_scalars(metrics)
-                writer.write(step, scalars)
-                bar.update(step, scalars)
-            ckpt.save(step, state)
-            if guard.should_stop(step):
-                log.warning("preemption requested: saving step %d and exiting", step)
-                ckpt.save(step, state, force=True)
-                ckpt.wait()
-                writer.close()
-                sys.exit(0)
-    bar.close()
-    ckpt.save(step, state, force=True)
-    ckpt.wait()
-    writer.close()
+    try:
+        with PreemptionGuard() as guard:
+            while step < config.total_steps:
+                batch = next(batches)
+                state, metrics = step_fn(state, {k: batch[k] for k in keys})
+                step += 1
+                watch.add(step, metrics)
+                if step % config.log_every_steps == 0 or step == config.total_steps:
+                    watch.check()
+                    scalars = train.host_scalars(metrics)
+                    writer.write(step, scalars)
+                    bar.update(step, scalars)
+                if ckpt.should_save(step):
+                    watch.check()
+                ckpt.save(step, state)
+                if guard.should_stop(step):
+                    log.warning("preemption requested: saving step %d and exiting", step)
+                    watch.check()
+                    ckpt.save(step, state, force=True)
+                    ckpt.wait()
+                    writer.close()
+                    sys.exit(0)
+        watch.check()
+        bar.close()
+        ckpt.save(step, state, force=True)
+    finally:
+        ckpt.wait()  # in-flight saves hold finite states: let them land
+        writer.close()
     result["steps_per_s"] = (step - start) / max(time.perf_counter() - t0, 1e-9)
+    result["skipped_steps"] = watch.skipped
+    if watch.skipped:
+        log.warning("skipped %d non-finite step(s) in this run: %s", len(watch.skipped),
+                    watch.skipped)
 
     encoder_params = state.params["encoder"]
     if jax.process_count() > 1:  # shards on other hosts are not addressable here
@@ -192,6 +251,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if not chief:
         ckpt.close()
         return result
+    bad = non_finite_leaves(encoder_params)
+    if bad:  # cannot happen while train_step drops non-finite updates; never export one
+        raise Diverged(f"the trained encoder holds non-finite values ({', '.join(bad[:3])}); "
+                       "not exported")
     if config.export.enabled:
         out = save_pretrained(pretrained, encoder_params, os.path.join(workdir, "export"))
         log.info("exported the encoder (Hugging Face format) to %s", out)

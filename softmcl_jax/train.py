@@ -54,6 +54,7 @@ class TrainState:
     ema_params: Any  # None unless a term reads the momentum copy
     queues: dict[str, Queue]
     rng: jax.Array  # uint32[2]; per-step keys are folded in from the step
+    skipped: jax.Array  # () int32: steps whose update was dropped as non-finite
 
 
 def enqueue(q: Queue, keys: jax.Array, values: jax.Array, valid: jax.Array) -> Queue:
@@ -113,6 +114,7 @@ def init_state(model: Model, the_plan: objective.Plan, config: ml_collections.Co
         ema_params=jax.tree.map(jnp.copy, params) if the_plan.ema else None,
         queues=queues,
         rng=rng,
+        skipped=jnp.zeros((), jnp.int32),
     )
 
 
@@ -136,6 +138,7 @@ def state_shardings(abstract: TrainState, mesh: Mesh) -> TrainState:
         ema_params=sharding.param_shardings(abstract.ema_params, mesh),
         queues=queues,
         rng=rep,
+        skipped=rep,
     )
 
 
@@ -160,10 +163,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], constants: dict[s
         # ema <- mu * ema + (1 - mu) * params
         ema = optax.incremental_update(params, ema, step_size=1.0 - config.momentum.decay)
     queues = {n: enqueue(q, *to_enqueue[n]) for n, q in state.queues.items()}
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   learning_rate=schedule(state.step))
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema, queues=queues)
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss, gradient or update is never applied: the state keeps its finite values
+    # (so no checkpoint can hold a NaN), the step still advances (the next batch is the next
+    # one), and the host decides from metrics["finite"] whether to stop or skip on.
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.tree.norm(params)))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                   finite=finite)
+    new_state = state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state), ema_params=keep(ema, state.ema_params),
+        queues=keep(queues, state.queues), skipped=state.skipped + (~finite).astype(jnp.int32))
     return new_state, metrics
 
 
@@ -243,7 +255,9 @@ def abstract_with_shardings(abstract: TrainState, shardings: TrainState) -> Trai
 
 
 def host_scalars(metrics: dict[str, jax.Array]) -> dict[str, float]:
-    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    """The step's metrics as Python floats, without the ``finite`` flag (see ``train_step``)."""
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()
+            if k != "finite"}
 
 
 def describe_sharding(state: TrainState, constants: dict[str, Any] | None = None) -> str:

@@ -1,12 +1,16 @@
 """The downstream evaluation suite (python -m softmcl_jax.evaluate): metrics against brute-force
 references, the split protocol, the aspect representation, the few-shot sampler, and the CLI end
-to end on a made-up data folder (real file formats, invented rows) with a tiny random BERT."""
+to end on a made-up data folder (real file formats, invented rows) with a tiny random BERT: its
+exit status when no task ran, and a training workdir standing for its export/."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +23,8 @@ from softmcl_jax.evaluation.metrics import clustering_metrics, retrieval_metrics
 from softmcl_jax.evaluation.probes import sample_per_class
 from softmcl_jax.evaluation.tasks import DEFAULT_TASKS, aspect_features
 from softmcl_jax.models import from_pretrained
-from tests.train_utils import tiny_model_dir
+from tests.train_utils import ROOT, tiny_model_dir
+from tests.train_utils import env as train_env
 
 # --- made-up data in the real formats --------------------------------------------------------
 
@@ -296,3 +301,84 @@ def test_bucketed_embeddings_match_embed_texts(model_dir):
                                    pooling=pooling)
         np.testing.assert_allclose(got, ref, atol=2e-5)
         np.testing.assert_array_equal(enc.sentences(texts[::-1]), got[::-1])  # from the cache
+
+
+# --- a run never ends silently wrong: no task ran, a training workdir ------------------------
+
+def test_cli_exits_nonzero_when_no_task_ran(model_dir, tmp_path):
+    """An empty data folder: every default task is skipped, so the process must fail, naming
+    each task and why."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "softmcl_jax.evaluate", f"--checkpoint={model_dir}",
+         f"--data_dir={empty}", "--no_progress", f"--output={out}"],
+        env=train_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "no task ran" in proc.stderr
+    for task in DEFAULT_TASKS:
+        assert f"\n  {task}: missing: " in proc.stderr, task
+    assert "Not run (data missing)" in proc.stdout
+    assert not out.exists()  # no results file that looks like a finished evaluation
+
+
+def _workdir(folder, model_dir: str | None, pooling: str = "cls"):
+    """A folder laid out like the trainer's: its config.json, checkpoints/, maybe export/."""
+    folder.mkdir()
+    (folder / "checkpoints").mkdir()
+    config = {"name": "softmcl", "seed": 0,
+              "model": {"name_or_path": "minilm", "pooling": pooling, "max_len": 32},
+              "objective": {"soft_sentence": {"weight": 1.0}}}
+    (folder / "config.json").write_text(json.dumps(config))
+    if model_dir is not None:
+        shutil.copytree(model_dir, folder / "export")
+    return folder
+
+
+def test_resolve_checkpoint_uses_a_workdirs_export_and_pooling(model_dir, tmp_path):
+    wd = _workdir(tmp_path / "run", model_dir)
+    path, pooling = evaluate.resolve_checkpoint(str(wd))
+    assert path == str(wd / "export") and pooling == "cls"
+    assert from_pretrained(path).config.hidden_size == 64  # the exported tiny encoder
+    # An encoder folder (a transformers config.json) is itself, with no pooling of its own.
+    assert evaluate.resolve_checkpoint(model_dir) == (model_dir, None)
+    assert evaluate.resolve_checkpoint(path) == (path, None)
+    # A workdir is known by its checkpoints/ even without the trainer's config.json ...
+    bare = tmp_path / "bare"
+    (bare / "checkpoints").mkdir(parents=True)
+    shutil.copytree(model_dir, bare / "export")
+    assert evaluate.resolve_checkpoint(str(bare)) == (str(bare / "export"), None)
+    # ... and by its config.json without checkpoints/ (checkpoint_dir elsewhere).
+    elsewhere = _workdir(tmp_path / "elsewhere", model_dir, pooling="mean")
+    (elsewhere / "checkpoints").rmdir()
+    assert evaluate.resolve_checkpoint(str(elsewhere)) == (str(elsewhere / "export"), "mean")
+
+
+def test_resolve_checkpoint_without_export_says_how_to_export(tmp_path, capsys):
+    wd = _workdir(tmp_path / "run", None)
+    command = f"python -m softmcl_jax.export --workdir={wd} --out={wd / 'export'}"
+    with pytest.raises(FileNotFoundError, match="training workdir") as info:
+        evaluate.resolve_checkpoint(str(wd))
+    assert command in str(info.value)
+    with pytest.raises(SystemExit) as info:  # the CLI: the same words, no traceback
+        evaluate.main([f"--checkpoint={wd}", f"--data_dir={tmp_path}", "--no_progress"])
+    assert command in str(info.value.code) and "model_type" not in str(info.value.code)
+
+
+def test_cli_on_a_workdir_evaluates_its_export_with_the_runs_pooling(model_dir, tmp_path,
+                                                                      capsys):
+    wd = _workdir(tmp_path / "run", model_dir, pooling="cls")
+    data_dir = make_data(str(tmp_path / "data"), with_test=False)
+    args = [f"--checkpoint={wd}", f"--data_dir={data_dir}", "--tasks=sst2", "--max_examples=24",
+            "--max_len=32", "--no_progress"]
+    got = evaluate.main(args)
+    md = capsys.readouterr().out
+    assert list(got) == ["sst2"]
+    assert f"- encoder: `{wd / 'export'}`" in md and "- pooling: `cls`" in md
+    # The same numbers as the export folder itself with --pooling=cls; an explicit --pooling
+    # wins over the run's.
+    assert evaluate.main([*args[1:], f"--checkpoint={wd / 'export'}", "--pooling=cls"]) == got
+    capsys.readouterr()
+    evaluate.main([*args, "--pooling=mean"])
+    assert "- pooling: `mean`" in capsys.readouterr().out

@@ -1,15 +1,19 @@
 """Validate a data file and print what is in it.
 
-    python -m softmcl_jax.data.check --format=emobank PATH [PATH ...] [--on_bad_row=skip]
+    python -m softmcl_jax.data.check --format=emobank PATH [PATH ...] [--on_bad_row=raise]
     python -m softmcl_jax.data.check --format=sst --num_labels=5 stsa.fine.train
     python -m softmcl_jax.data.check --format=csv --text_column=text --valence_column=v \\
         --scale 1 9 my.csv
 
-Prints, per file: records read, bad rows skipped, the valence range (in [0, 1] and on the stated
-scale), the split and label histograms, the score range (STS-B). With ``--on_bad_row=raise`` (the
-default) the first bad row stops the check and is printed as ``PATH:LINE: what``; with ``skip``
-every bad row is logged to stderr and counted. Exit status: 0 when every row was good, 1 when a
-row was bad (raised or skipped) or a file could not be read, 2 for a usage error.
+Prints, per file: every bad row, each on its own line as ``PATH:LINE: what is wrong``, then
+records read (good rows only), the count of bad rows, the valence range (in [0, 1] and on the
+stated scale), the split and label histograms, the score range (STS-B). By default
+(``--on_bad_row=skip``) the whole file is read and every bad row is listed; with
+``--on_bad_row=raise`` the first bad row stops the check of that file and is the only one
+printed. A problem with a file as a whole (empty, a header without a needed column) is printed
+the same way and ends that file's check; a file that cannot be read is reported as
+``cannot read``. Exit status: 0 when every row of every file was good, 1 when any row was
+bad or a file could not be read, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -37,6 +41,18 @@ FORMATS = (
     "csv",
     "jsonl",
 )
+
+
+class _Collect(BadRows):
+    """The readers' bad-row policy, collecting without logging: the check prints each itself."""
+
+    raised: DataError | None = None
+
+    def handle(self, error: DataError) -> None:
+        if self.policy == "raise":
+            self.raised = error
+            raise error
+        self.skipped.append(error)
 
 
 def _read(fmt: str, path: str, args: argparse.Namespace, bad: BadRows) -> Any:
@@ -131,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("paths", nargs="+", metavar="PATH")
     parser.add_argument("--format", required=True, choices=FORMATS)
-    parser.add_argument("--on_bad_row", default="raise", choices=("raise", "skip"))
+    parser.add_argument("--on_bad_row", default="skip", choices=("skip", "raise"),
+                        help="skip (default): read on and list every bad row; raise: stop at "
+                             "the first")
     parser.add_argument("--scale", nargs=2, type=float, metavar=("LOW", "HIGH"),
                         help="the scale valences are on (default: the format's own)")
     parser.add_argument("--num_labels", type=int, help="label ids must be 0..N-1")
@@ -149,26 +167,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     scale = args.scale if args.scale is not None else defaults.get(args.format)
     status = 0
     for path in args.paths:
-        bad = BadRows(args.on_bad_row)
-        print(f"{path} (format {args.format}):")
+        bad = _Collect(args.on_bad_row)
+        print(f"{path} (format {args.format}):", flush=True)
         try:
             result = _read(args.format, path, args, bad)
         except DataError as e:
-            print(f"  bad: {e}")
+            for error in bad.skipped:  # none under raise; rows before a file-level error
+                print(error)
+            print(e)
+            if e is bad.raised:
+                print("  stopped at the first bad row (--on_bad_row=raise)")
             status = 1
             continue
         except (OSError, ValueError) as e:
             print(f"  cannot read: {e}")
             status = 1
             continue
+        for error in bad.skipped:
+            print(error)
         for line in summarise(result, scale):
             print(line)
         print(f"  skipped bad rows: {len(bad.skipped)}")
         if bad.skipped:
-            print(f"  first bad row: {bad.skipped[0]}")
             status = 1
     return status
-
 
 if __name__ == "__main__":
     sys.exit(main())
