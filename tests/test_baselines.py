@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,15 +45,7 @@ SOFTMCL = {"objective.soft_sentence.queue_size": 16, "objective.soft_word.queue_
 PRESETS = ["softmcl", "simcse", "softcse", "retrofit", "lcl"]
 
 
-def load_config(name: str, **fields: Any) -> ml_collections.ConfigDict:
-    config = runpy.run_path(os.path.join(tu.ROOT, "configs", f"{name}.py"))["get_config"]()
-    for dotted, value in fields.items():
-        *path, leaf = dotted.split(".")
-        node = config
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return config
+load_config = tu.load_config
 
 
 # ------------------------------------------------------------------------ fast: the pieces

@@ -21,16 +21,7 @@ from softmcl_jax.model import Model
 from softmcl_jax.terms import TERMS
 from tests import train_utils as tu
 
-
-def preset(name: str, **fields):
-    config = runpy.run_path(os.path.join(tu.ROOT, "configs", f"{name}.py"))["get_config"]()
-    for dotted, value in fields.items():
-        *path, leaf = dotted.split(".")
-        node = config
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return config
+preset = tu.load_config
 
 
 # ------------------------------------------------------------------------------- the plan

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import runpy
 import signal
 import subprocess
 import sys
@@ -27,10 +26,6 @@ def model_dir(tmp_path_factory):
     return tu.tiny_model_dir(str(tmp_path_factory.mktemp("tiny_bert")))
 
 
-def load_preset(name: str):
-    return runpy.run_path(os.path.join(tu.ROOT, "configs", f"{name}.py"))["get_config"]()
-
-
 def losses(workdir: str) -> np.ndarray:
     return np.array([m["loss"] for m in tu.read_metrics(workdir)])
 
@@ -47,7 +42,7 @@ def test_enqueue_wraps_in_place():
 
 
 def test_queue_size_must_be_a_multiple_of_the_keys_per_step():
-    c = load_preset("softmcl")
+    c = tu.load_config("softmcl")
     c.batch_size = 32
     c.objective.soft_sentence.queue_size = 100
     with pytest.raises(ValueError, match=r"soft_sentence.queue_size=100 must be 0 or a positive "

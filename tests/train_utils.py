@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,19 @@ def tiny_model_dir(folder: str) -> str:
             if os.path.exists(os.path.join(src, name)):
                 shutil.copy(os.path.join(src, name), folder)
     return folder
+
+
+def load_config(name: str, **fields):
+    """``configs/<name>.py``'s config with dotted fields set, e.g.
+    ``load_config("lcl", **{"data.num_labels": 4})``."""
+    config = runpy.run_path(os.path.join(ROOT, "configs", f"{name}.py"))["get_config"]()
+    for dotted, value in fields.items():
+        *path, leaf = dotted.split(".")
+        node = config
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return config
 
 
 def overrides(**fields) -> list[str]:
