@@ -15,7 +15,8 @@ import argparse
 
 import jax
 
-from softmcl_jax import loop, objective, sharding, train
+from softmcl_jax import loop, sharding
+from softmcl_jax.checkpoint import non_finite_leaves
 from softmcl_jax.models import save_pretrained
 from softmcl_jax.workdir import load_config
 
@@ -23,18 +24,20 @@ from softmcl_jax.workdir import load_config
 def export(workdir: str, out: str, *, step: int | None = None,
            with_mlm_head: bool = False) -> str:
     config = load_config(workdir)
-    the_plan = objective.plan(config)
-    pretrained, _, model = loop.setup_model(config, the_plan)
-    tx, _ = train.make_optimizer(config)
-    abstract = jax.eval_shape(lambda p: train.init_state(model, the_plan, config, tx, p),
-                              pretrained.params)
+    pretrained, _, _ = loop.setup_model(config)
+    # The encoder's parameters are the base checkpoint's shapes, laid out on one device.
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
-    target = train.abstract_with_shardings(abstract, train.state_shardings(abstract, mesh))
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          pretrained.params, sharding.param_shardings(pretrained.params, mesh))
     ckpt = loop.checkpointer(config, workdir)
-    restored = ckpt.restore_subtree(step, {"params": {"encoder": target.params["encoder"]}})
+    encoder = ckpt.restore_subtree(step, {"params": {"encoder": target}})["params"]["encoder"]
     ckpt.close()
-    return save_pretrained(pretrained, jax.device_get(restored["params"]["encoder"]), out,
-                           with_mlm_head=with_mlm_head)
+    encoder = jax.device_get(encoder)
+    bad = non_finite_leaves(encoder)
+    if bad:
+        raise ValueError(f"{workdir}: checkpoint {step or 'newest'} holds non-finite encoder "
+                         f"weights ({', '.join(bad[:3])}); not exported")
+    return save_pretrained(pretrained, encoder, out, with_mlm_head=with_mlm_head)
 
 
 def main(argv: list[str] | None = None) -> None:
