@@ -87,8 +87,21 @@ class _Common(nn.Module):
                     param_dtype=self.param_dtype)
 
 
-def position_ids(input_ids: jax.Array, family: str, pad_token_id: int) -> jax.Array:
-    """Absolute positions: 0..L-1 for BERT/ELECTRA; RoBERTa's pad+1.. over non-padding tokens."""
+def position_ids(input_ids: jax.Array, family: str, pad_token_id: int,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+    """Absolute positions: 0..L-1 for BERT/ELECTRA; RoBERTa's pad+1.. over non-padding tokens.
+
+    With ``segment_ids`` (packed rows) they restart at each segment, as if each sentence had a
+    row of its own: BERT/ELECTRA count from 0 at the segment's first token; RoBERTa counts the
+    segment's non-pad tokens from pad+1 and gives pad_token_id to padding (segment 0).
+    """
+    if segment_ids is not None:
+        if family != "roberta":
+            return layers.segment_positions(segment_ids)
+        not_pad = ((input_ids != pad_token_id) & (segment_ids > 0)).astype(jnp.int32)
+        count = jnp.cumsum(not_pad, axis=1)  # non-pad tokens up to and including t
+        before = jnp.take_along_axis(count - not_pad, layers.segment_starts(segment_ids), axis=1)
+        return (count - before) * not_pad + pad_token_id
     if family == "roberta":
         not_pad = (input_ids != pad_token_id).astype(jnp.int32)
         return jnp.cumsum(not_pad, axis=1) * not_pad + pad_token_id
@@ -97,10 +110,11 @@ def position_ids(input_ids: jax.Array, family: str, pad_token_id: int) -> jax.Ar
 
 class Embeddings(_Common):
     @nn.compact
-    def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array, *, train: bool):
+    def __call__(self, input_ids: jax.Array, token_type_ids: jax.Array, *, train: bool,
+                 segment_ids: jax.Array | None = None):
         c = self.config
         kw = self._kw()
-        pos = position_ids(input_ids, c.family, c.pad_token_id)
+        pos = position_ids(input_ids, c.family, c.pad_token_id, segment_ids)
         words = layers.embed(c.vocab_size, c.embedding_size, "word_embeddings", **kw)
         x = layers.lookup(words, input_ids, c.pad_token_id)
         x = x + layers.embed(c.type_vocab_size, c.embedding_size, "token_type_embeddings",
@@ -172,19 +186,30 @@ class Pooler(_Common):
 
 
 class BertLikeModel(_Common):
-    """The base model (transformers' ``BertModel`` / ``RobertaModel`` / ``ElectraModel``)."""
+    """The base model (transformers' ``BertModel`` / ``RobertaModel`` / ``ElectraModel``).
+
+    ``segment_ids`` (B, L) packs several sentences per row (0 = padding, 1, 2, ... = the row's
+    sentences, contiguous; ``attention_mask`` is then ``segment_ids > 0``): attention stays
+    within a segment and positions restart at each, so every sentence is encoded as in a row of
+    its own. None: the ordinary one-sentence-per-row computation.
+    """
 
     remat: bool = False
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids, *, train: bool):
+    def __call__(self, input_ids, attention_mask, token_type_ids, *, train: bool,
+                 segment_ids: jax.Array | None = None):
         c = self.config
         args = (c, self.dtype, self.param_dtype)
-        x = Embeddings(*args, name="embeddings")(input_ids, token_type_ids, train=train)
+        x = Embeddings(*args, name="embeddings")(input_ids, token_type_ids, train=train,
+                                                 segment_ids=segment_ids)
         if c.embedding_size != c.hidden_size:
             x = layers.dense(c.hidden_size, "embeddings_project", **self._kw())(x)
-        x = Encoder(*args, remat=self.remat, name="encoder")(
-            x, layers.key_padding_bias(attention_mask), train=train)
+        if segment_ids is None:
+            bias = layers.key_padding_bias(attention_mask)
+        else:
+            bias = layers.segment_bias(segment_ids)
+        x = Encoder(*args, remat=self.remat, name="encoder")(x, bias, train=train)
         pooled = Pooler(*args, name="pooler")(x) if c.add_pooler else None
         return x, pooled
 
@@ -267,6 +292,10 @@ class BertLikeMaskedLM(_Common):
 
     Parameters: ``{bert|roberta|electra: base, cls|lm_head|generator_*: head}``, exactly the
     state-dict layout of ``{Bert,Roberta,Electra}ForMaskedLM`` (plus the pooler of the base model).
+
+    Packed rows: ``segment_ids`` as in :class:`BertLikeModel`; ``mlm_positions`` index the packed
+    row, and with ``mlm_rows`` (S,) they are (S, M): sentence s's positions in row
+    ``mlm_rows[s]`` (:func:`layers.at_positions`). The pooler reads token 0 of each row.
     """
 
     remat: bool = False
@@ -274,20 +303,22 @@ class BertLikeMaskedLM(_Common):
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                  token_type_ids: jax.Array | None = None, *, train: bool = False,
-                 mlm: bool = True, mlm_positions: jax.Array | None = None
+                 mlm: bool = True, mlm_positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None, mlm_rows: jax.Array | None = None
                  ) -> dict[str, jax.Array]:
         c = self.config
         args = (c, self.dtype, self.param_dtype)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         base = BertLikeModel(*args, remat=self.remat, name=c.family)
-        hidden, pooled = base(input_ids, attention_mask, token_type_ids, train=train)
+        hidden, pooled = base(input_ids, attention_mask, token_type_ids, train=train,
+                              segment_ids=segment_ids)
         out = {"last_hidden_state": hidden}
         if pooled is not None:
             out["pooler_output"] = pooled
         if mlm:
             table = base.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
-            at = layers.at_positions(hidden, mlm_positions)
+            at = layers.at_positions(hidden, mlm_positions, mlm_rows)
             if c.family == "bert":
                 logits = BertCls(*args, name="cls")(at, table)
             elif c.family == "roberta":

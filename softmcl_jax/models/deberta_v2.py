@@ -11,6 +11,12 @@ and clamped into the table, and ``s = 1 + #{c2p, p2c} in pos_att_type``. Both qu
 are masked; a padded query row is all masked and so attends uniformly, exactly as transformers'
 ``masked_fill(finfo.min) + softmax`` does (the parity tests compare padded positions too).
 
+Packed rows (``segment_ids``, see :class:`DebertaModel`): attention is masked to each segment,
+the absolute positions (``position_biased_input``) restart at each segment, and the ConvLayer
+sees another segment's tokens as the zeros that padding is. The relative positions need no
+change: within a segment ``pos_i - pos_j = i - j`` whatever the segment's offset, so the shared
+(L, L) ``d(i, j)`` is already the restarted one wherever attention is not masked.
+
 Submodule names mirror transformers', so parameter paths are state-dict keys (see hf.py).
 """
 
@@ -201,15 +207,19 @@ class _Common(nn.Module):
 
 class Embeddings(_Common):
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, mask, *, train: bool) -> jax.Array:
+    def __call__(self, input_ids, token_type_ids, mask, *, train: bool,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
         c = self.config
         kw = self._kw()
         x = layers.lookup(layers.embed(c.vocab_size, c.embedding_size, "word_embeddings", **kw),
                           input_ids, c.pad_token_id)
         if c.position_biased_input:
-            pos = jnp.arange(input_ids.shape[1])
-            x = x + layers.embed(c.max_position_embeddings, c.embedding_size,
-                                 "position_embeddings", **kw)(pos)[None]
+            table = layers.embed(c.max_position_embeddings, c.embedding_size,
+                                 "position_embeddings", **kw)
+            if segment_ids is None:
+                x = x + table(jnp.arange(input_ids.shape[1]))[None]
+            else:  # packed: positions restart at each segment
+                x = x + table(layers.segment_positions(segment_ids))
         if c.type_vocab_size > 0:
             x = x + layers.embed(c.type_vocab_size, c.embedding_size, "token_type_embeddings",
                                  **kw)(token_type_ids)
@@ -281,16 +291,38 @@ class Layer(_Common):
 
 
 class ConvLayer(_Common):
-    """v2-xlarge's convolution over the embeddings, added to the first layer's output."""
+    """v2-xlarge's convolution over the embeddings, added to the first layer's output.
+
+    The embeddings are zero on padding, so a padding neighbour (and the zero padding at the row's
+    ends) adds nothing to a token's convolution. Packed (``segment_ids``): each token's window is
+    gathered with the taps outside its segment zeroed, the same as padding there, and convolved
+    with the same kernel without padding ("VALID" over windows of exactly kernel_size taps).
+    """
 
     @nn.compact
-    def __call__(self, x, residual, input_mask, *, train: bool) -> jax.Array:
+    def __call__(self, x, residual, input_mask, *, train: bool,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
         c = self.config
-        pad = (c.conv_kernel_size - 1) // 2
-        out = nn.Conv(c.hidden_size, (c.conv_kernel_size,), padding=[(pad, pad)],
-                      feature_group_count=c.conv_groups, dtype=self.dtype,
-                      param_dtype=self.param_dtype,
-                      kernel_init=nn.initializers.normal(c.initializer_range), name="conv")(x)
+        k = c.conv_kernel_size
+        pad = (k - 1) // 2
+
+        def conv(padding):
+            return nn.Conv(c.hidden_size, (k,), padding=padding,
+                           feature_group_count=c.conv_groups, dtype=self.dtype,
+                           param_dtype=self.param_dtype,
+                           kernel_init=nn.initializers.normal(c.initializer_range), name="conv")
+
+        if segment_ids is None:
+            out = conv([(pad, pad)])(x)
+        else:
+            batch, length, width = x.shape
+            src = np.arange(length)[:, None] + np.arange(k)[None, :] - pad  # (L, K) taps
+            inside = (src >= 0) & (src < length)
+            src = np.clip(src, 0, length - 1)
+            same = (segment_ids[:, src] == segment_ids[:, :, None]) & inside  # (B, L, K)
+            windows = jnp.where(same[..., None], x[:, src], jnp.zeros((), x.dtype))
+            out = conv("VALID")(windows.reshape(batch * length, k, width))
+            out = out.reshape(batch, length, -1)
         keep = (input_mask > 0)[..., None]
         out = jnp.where(keep, out, 0)
         out = layers.Dropout(c.hidden_dropout_prob)(out, deterministic=not train)
@@ -303,10 +335,14 @@ class Encoder(_Common):
     remat: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, input_mask: jax.Array, *, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, input_mask: jax.Array, *, train: bool,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
         c = self.config
-        m = input_mask > 0
-        mask = m[:, None, :, None] & m[:, None, None, :]  # (B, 1, Lq, Lk): query AND key real
+        if segment_ids is None:
+            m = input_mask > 0
+            mask = m[:, None, :, None] & m[:, None, None, :]  # (B, 1, Lq, Lk): query AND key real
+        else:
+            mask = layers.segment_mask(segment_ids)  # (B, 1, Lq, Lk): same segment
         rel_emb = None
         if c.relative_attention:
             rel_emb = layers.embed(2 * c.att_span, c.hidden_size, "rel_embeddings",
@@ -320,21 +356,29 @@ class Encoder(_Common):
         for i in range(c.num_hidden_layers):
             x = block(*args, name=f"layer_{i}")(x, mask, rel_emb, train)
             if i == 0 and c.conv_kernel_size > 0:
-                x = ConvLayer(*args, name="conv")(embedded, x, input_mask, train=train)
+                x = ConvLayer(*args, name="conv")(embedded, x, input_mask, train=train,
+                                                  segment_ids=segment_ids)
         return x
 
 
 class DebertaModel(_Common):
-    """The base model (transformers' ``DebertaV2Model``; ``z_steps`` is always 0 there)."""
+    """The base model (transformers' ``DebertaV2Model``; ``z_steps`` is always 0 there).
+
+    ``segment_ids`` (B, L) packs several sentences per row (0 = padding, 1, 2, ... = the row's
+    sentences, contiguous; ``attention_mask`` is then ``segment_ids > 0``): each sentence is
+    encoded as in a row of its own (see the module docstring). None: one sentence per row.
+    """
 
     remat: bool = False
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask, token_type_ids, *, train: bool) -> jax.Array:
+    def __call__(self, input_ids, attention_mask, token_type_ids, *, train: bool,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
         args = (self.config, self.dtype, self.param_dtype)
         x = Embeddings(*args, name="embeddings")(input_ids, token_type_ids, attention_mask,
-                                                 train=train)
-        return Encoder(*args, remat=self.remat, name="encoder")(x, attention_mask, train=train)
+                                                 train=train, segment_ids=segment_ids)
+        return Encoder(*args, remat=self.remat, name="encoder")(x, attention_mask, train=train,
+                                                                segment_ids=segment_ids)
 
 
 class Transform(_Common):
@@ -381,6 +425,9 @@ class DebertaV2MaskedLM(_Common):
     """``deberta`` base model plus ``cls`` (legacy) or ``lm_predictions`` MLM head.
 
     Parameters are exactly ``DebertaV2ForMaskedLM``'s state dict minus the tied decoder.
+    Packed rows: ``segment_ids`` as in :class:`DebertaModel`; ``mlm_positions`` index the packed
+    row, and with ``mlm_rows`` (S,) they are (S, M): sentence s's positions in row
+    ``mlm_rows[s]`` (:func:`layers.at_positions`).
     """
 
     remat: bool = False
@@ -388,7 +435,8 @@ class DebertaV2MaskedLM(_Common):
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                  token_type_ids: jax.Array | None = None, *, train: bool = False,
-                 mlm: bool = True, mlm_positions: jax.Array | None = None
+                 mlm: bool = True, mlm_positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None, mlm_rows: jax.Array | None = None
                  ) -> dict[str, jax.Array]:
         c = self.config
         if c.position_biased_input and input_ids.shape[1] > c.max_position_embeddings:
@@ -398,10 +446,11 @@ class DebertaV2MaskedLM(_Common):
             token_type_ids = jnp.zeros_like(input_ids)
         args = (c, self.dtype, self.param_dtype)
         base = DebertaModel(*args, remat=self.remat, name="deberta")
-        hidden = base(input_ids, attention_mask, token_type_ids, train=train)
+        hidden = base(input_ids, attention_mask, token_type_ids, train=train,
+                      segment_ids=segment_ids)
         out = {"last_hidden_state": hidden}
         if mlm:
             table = base.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
             out["logits"] = OnlyMLMHead(*args, name="cls" if c.legacy else "lm_predictions")(
-                layers.at_positions(hidden, mlm_positions), table)
+                layers.at_positions(hidden, mlm_positions, mlm_rows), table)
         return out

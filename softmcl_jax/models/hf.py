@@ -110,7 +110,8 @@ class Pretrained:
     """A loaded encoder: Flax module, fp32 parameter pytree, transformers config, tokenizer folder.
 
     ``encode``/``mlm_logits`` are pure functions of ``params``; jit them with
-    ``jax.jit(functools.partial(pretrained.encode, train=False))``.
+    ``jax.jit(functools.partial(pretrained.encode, train=False))``. ``segment_ids`` (B, L), where
+    given, packs several sentences per row (0 = padding; see ``bert.BertLikeModel``).
     """
 
     module: nn.Module
@@ -121,32 +122,38 @@ class Pretrained:
     newly_initialized: tuple[str, ...] = ()
 
     def _apply(self, params, input_ids, attention_mask, token_type_ids, train, rngs, mlm,
-               mlm_positions=None):
+               mlm_positions=None, segment_ids=None):
         kw = {} if mlm_positions is None else {"mlm_positions": mlm_positions}
+        if segment_ids is not None:
+            kw["segment_ids"] = segment_ids
         return self.module.apply(
             {"params": params}, input_ids, attention_mask, token_type_ids,
             train=train, mlm=mlm, rngs=rngs, **kw)
 
     def encode(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
                token_type_ids: jax.Array | None = None, train: bool = False,
-               rngs: Mapping[str, jax.Array] | None = None) -> jax.Array:
+               rngs: Mapping[str, jax.Array] | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
         """last_hidden_state (B, L, H) in the compute dtype. ``rngs={'dropout': key}`` if train."""
         return self._apply(params, input_ids, attention_mask, token_type_ids, train, rngs,
-                           False)["last_hidden_state"]
+                           False, segment_ids=segment_ids)["last_hidden_state"]
 
     def mlm_logits(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
                    token_type_ids: jax.Array | None = None, train: bool = False,
                    rngs: Mapping[str, jax.Array] | None = None,
-                   positions: jax.Array | None = None) -> jax.Array:
+                   positions: jax.Array | None = None,
+                   segment_ids: jax.Array | None = None) -> jax.Array:
         """Masked-LM logits (B, L, V), float32; with ``positions`` (B, M), only there: (B, M, V)."""
         return self._apply(params, input_ids, attention_mask, token_type_ids, train, rngs,
-                           True, positions)["logits"]
+                           True, positions, segment_ids)["logits"]
 
     def __call__(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
                  token_type_ids: jax.Array | None = None, train: bool = False,
-                 rngs: Mapping[str, jax.Array] | None = None) -> dict[str, jax.Array]:
+                 rngs: Mapping[str, jax.Array] | None = None,
+                 segment_ids: jax.Array | None = None) -> dict[str, jax.Array]:
         """All outputs at once: last_hidden_state, logits (and pooler_output where there is one)."""
-        return self._apply(params, input_ids, attention_mask, token_type_ids, train, rngs, True)
+        return self._apply(params, input_ids, attention_mask, token_type_ids, train, rngs, True,
+                           segment_ids=segment_ids)
 
 
 # --- the naming rule -------------------------------------------------------------------------

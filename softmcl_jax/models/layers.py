@@ -155,16 +155,72 @@ class Dropout(nn.Module):
         return jnp.where(keep, scaled, jnp.zeros_like(x))
 
 
-def at_positions(hidden: jax.Array, positions: jax.Array | None) -> jax.Array:
+def at_positions(hidden: jax.Array, positions: jax.Array | None,
+                 rows: jax.Array | None = None) -> jax.Array:
     """``hidden`` (B, L, H) at ``positions`` (B, M) -> (B, M, H); None: all of ``hidden``.
 
     The MLM heads take their input through this, so a caller that scores M << L tokens per row
     pays for B x M x V logits instead of B x L x V (the largest activation of a step for a
     128k vocabulary).
+
+    Packed rows: with ``rows`` (S,), ``positions`` is (S, M) and entry ``[s, m]`` is token
+    ``positions[s, m]`` of row ``rows[s]`` (sentence ``s``'s tokens in the row it was packed
+    into) -> (S, M, H).
     """
     if positions is None:
+        if rows is not None:
+            raise ValueError("rows (mlm_rows) needs positions (mlm_positions)")
         return hidden
+    if rows is not None:
+        hidden = jnp.take(hidden, rows.astype(jnp.int32), axis=0)
     return jnp.take_along_axis(hidden, positions[..., None].astype(jnp.int32), axis=1)
+
+
+# --- sequence packing ------------------------------------------------------------------------
+# A packed row holds several sentences: ``segment_ids`` (B, L) int is 0 on padding and 1, 2, ...
+# on the tokens of the row's sentences, each a contiguous run. The caller's attention_mask is
+# then ``segment_ids > 0``.
+
+def segment_starts(segment_ids: jax.Array) -> jax.Array:
+    """(B, L) segment ids -> (B, L) int32: the index of the first token of each token's run.
+
+    A run starts at position 0 and wherever the id changes; a running maximum of those start
+    indices carries each start over its run.
+    """
+    seg = segment_ids
+    idx = jnp.broadcast_to(jnp.arange(seg.shape[-1], dtype=jnp.int32), seg.shape)
+    changed = jnp.concatenate(
+        [jnp.ones_like(seg[..., :1], bool), seg[..., 1:] != seg[..., :-1]], axis=-1)
+    return jax.lax.cummax(jnp.where(changed, idx, 0), axis=seg.ndim - 1)
+
+
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """(B, L) segment ids -> (B, L) int32: each token's position within its segment, 0 at the
+    segment's first token (what it would be in a row of its own); 0 on padding.
+
+    ``[[1, 1, 1, 2, 2, 0]] -> [[0, 1, 2, 0, 1, 0]]`` (softmcl_jax.data.packing computes the same
+    in numpy).
+    """
+    idx = jnp.arange(segment_ids.shape[-1], dtype=jnp.int32)
+    return jnp.where(segment_ids > 0, idx - segment_starts(segment_ids), 0)
+
+
+def segment_mask(segment_ids: jax.Array) -> jax.Array:
+    """(B, L) segment ids -> (B, 1, L, L) bool: query i may attend key j iff they share a segment.
+
+    Real queries therefore see only the real keys of their own sentence; padding queries (segment
+    0) see only padding keys, so that no row is all masked (their outputs are never used).
+    """
+    return segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+
+
+def segment_bias(segment_ids: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
+    """(B, L) segment ids -> (B, 1, L, L) additive bias: 0 within a segment, dtype-min across.
+
+    The block-diagonal counterpart of :func:`key_padding_bias` (see :func:`segment_mask`).
+    """
+    big_negative = jnp.finfo(dtype).min
+    return jnp.where(segment_mask(segment_ids), 0.0, big_negative).astype(dtype)
 
 
 def key_padding_bias(attention_mask: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
