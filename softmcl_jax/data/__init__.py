@@ -1,6 +1,13 @@
 """Data: records and readers, word-level valence, MLM masking and the input pipeline."""
 
 from softmcl_jax.data.masking import IGNORE_INDEX, MaskingConfig, mask_tokens
+from softmcl_jax.data.packing import (
+    choose_rows,
+    pack,
+    pack_one_per_row,
+    segment_positions,
+    unpack,
+)
 from softmcl_jax.data.pipeline import Pipeline, Prefetcher, epoch_permutation
 from softmcl_jax.data.readers import (
     read_csv,
@@ -45,11 +52,16 @@ __all__ = [
     "Pipeline",
     "Prefetcher",
     "WordValence",
+    "choose_rows",
     "encode_sentences",
     "epoch_permutation",
     "lemma_candidates",
     "lookup",
     "mask_tokens",
+    "pack",
+    "pack_one_per_row",
+    "segment_positions",
+    "unpack",
     "word_valences",
     # records, readers and the shipped VADER data
     "AspectExample",

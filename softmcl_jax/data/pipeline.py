@@ -31,6 +31,20 @@ batch is filled up with rows from the start of the epoch's order that are marked
 **Batches** hold every key of the encoded arrays, sliced, plus ``valid`` (b,) bool and, with
 masking, ``mlm_input_ids`` (the corrupted ids) and ``mlm_labels`` (-100 where not predicted);
 ``input_ids`` stays uncorrupted for the contrastive views.
+
+**Packing** (``packing_rows``, see :mod:`softmcl_jax.data.packing`). The batch is first made
+exactly as without packing (same examples, same masks, every key unchanged), then its encoder
+inputs are packed several sentences per row: ``packed_input_ids`` (and ``packed_mlm_input_ids``,
+``packed_mlm_labels``), ``segment_ids`` (r, L) and ``sentence_row``, ``sentence_start`` (b,),
+with ``r = packing_rows / process_count`` rows on each process. ``sentence_row`` numbers the rows
+of the *global* packed array (process p's rows are ``[p * r, (p + 1) * r)``), so it indexes the
+``jax.Array`` that the processes' rows assemble into. Each process packs its own block of the
+global batch, in ``packing_shards`` sub-blocks (the devices the batch axis is split over within
+the process), so a sentence's row lies on the device of its sentence-level arrays. If the global
+batch does not fit (decided on the global batch, so every process agrees and all run the same
+program), the step is an overflow: every process puts one sentence per row, in order (r = b,
+``packing.pack_one_per_row``), a second static shape; ``overflow_steps`` counts such steps and a
+warning names each. No sentence is ever dropped.
 """
 
 from __future__ import annotations
@@ -39,17 +53,23 @@ import logging
 import queue
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from softmcl_jax.data.masking import MaskingConfig, mask_tokens
+from softmcl_jax.data.packing import assign_rows, pack, pack_one_per_row, pad_id_of
+from softmcl_jax.data.packing import lengths as sentence_lengths
 
 log = logging.getLogger(__name__)
 
 # Distinguishes the shuffling stream from the masking stream (masking.py) for equal numbers.
 SHUFFLE_STREAM = 0x5348  # "SH"
+# Arrays with one entry per token, (b, L): what bucketing cuts to the batch's bucket length.
+TOKEN_KEYS = frozenset({
+    "input_ids", "attention_mask", "special_tokens_mask", "mlm_input_ids", "mlm_labels",
+    "token_valence", "token_valence_mask", "token_arousal", "token_dominance"})
 # What a padding row (drop_remainder=False) carries instead of supervision.
 _NO_SUPERVISION = {
     "labels": -1, "multi_labels": 0, "sentence_valence": -1.0, "sentence_valence_mask": False,
@@ -176,6 +196,12 @@ class Pipeline:
       sharding: if given, batches are global ``jax.Array``s laid out by this sharding (assembled
         from each process's rows with ``jax.make_array_from_process_local_data``); if None,
         numpy arrays.
+      packing_rows: pack the encoder inputs into this many rows per global step (a multiple of
+        ``process_count * packing_shards``, at most ``global_batch_size``; see
+        :func:`~softmcl_jax.data.packing.choose_rows`); None (default) packs nothing. Needs
+        ``attention_mask``.
+      packing_shards: the devices the batch axis is split over within one process; each gets
+        its sentences packed into its own rows.
     """
 
     def __init__(
@@ -192,6 +218,9 @@ class Pipeline:
         process_count: int | None = None,
         prefetch: int = 2,
         sharding: Any = None,
+        packing_rows: int | None = None,
+        packing_shards: int = 1,
+        bucket_lengths: Sequence[int] = (),
     ):
         if "input_ids" not in arrays:
             raise ValueError("arrays must contain input_ids")
@@ -247,6 +276,39 @@ class Pipeline:
                 | (self.arrays["attention_mask"] == 0))
         self._perm_cache: tuple[int, np.ndarray] | None = None
 
+        self.packing_rows, self.packing_shards = packing_rows, packing_shards
+        self.local_packing_rows: int | None = None
+        self._overflowed: set[int] = set()
+        if packing_rows is not None:
+            if "attention_mask" not in self.arrays:
+                raise ValueError("packing_rows needs attention_mask in the arrays")
+            if packing_shards < 1 or self.local_batch_size % packing_shards:
+                raise ValueError(f"packing_shards {packing_shards} must divide the local batch "
+                                 f"size {self.local_batch_size}")
+            if packing_rows <= 0 or packing_rows % (process_count * packing_shards):
+                raise ValueError(f"packing_rows {packing_rows} must be a positive multiple of "
+                                 f"process_count * packing_shards = "
+                                 f"{process_count} * {packing_shards}")
+            if packing_rows > global_batch_size:
+                raise ValueError(f"packing_rows {packing_rows} is more than global_batch_size "
+                                 f"{global_batch_size} (one sentence per row)")
+            self.local_packing_rows = packing_rows // process_count
+            self.lengths = sentence_lengths(self.arrays["attention_mask"])
+            pos = np.arange(self.arrays["input_ids"].shape[1])
+            if not np.array_equal(pos[None] < self.lengths[:, None],
+                                  self.arrays["attention_mask"].astype(bool)):
+                raise ValueError("packing needs right padding: attention_mask ones then zeros")
+            self.pad_id = pad_id_of(self.arrays["input_ids"], self.arrays["attention_mask"])
+        self.bucket_lengths = tuple(sorted(int(b) for b in bucket_lengths))
+        if self.bucket_lengths:
+            if packing_rows is not None:
+                raise ValueError("bucket_lengths and packing_rows are alternatives: give one")
+            if "attention_mask" not in self.arrays:
+                raise ValueError("bucket_lengths needs attention_mask in the arrays")
+            if self.bucket_lengths[0] < 1:
+                raise ValueError(f"bucket_lengths {self.bucket_lengths} must be positive")
+            self.lengths = sentence_lengths(self.arrays["attention_mask"])
+
     @property
     def num_steps(self) -> int | None:
         """Steps until the pipeline ends (None: never)."""
@@ -275,8 +337,59 @@ class Pipeline:
             idx = np.concatenate([idx, perm[:g - len(idx)]])
         return idx, valid
 
+    @property
+    def overflow_steps(self) -> int:
+        """Steps (distinct values) whose batch did not fit into ``packing_rows`` rows so far."""
+        return len(self._overflowed)
+
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """This process's batch at global ``step`` (numpy), without prefetching or device_put."""
+        out, idx = self._unpacked(step)
+        if self.bucket_lengths:
+            return self._bucket(out, idx)
+        if self.packing_rows is None:
+            return out
+        return self._pack(out, idx, step)
+
+    def bucket_length(self, idx: np.ndarray) -> int:
+        """The smallest bucket that holds the longest of the global batch's sentences ``idx``
+        (the full length if none does): decided globally, so every process feeds one shape."""
+        longest = int(self.lengths[idx].max())
+        full = self.arrays["input_ids"].shape[1]
+        return next((b for b in self.bucket_lengths if longest <= b <= full), full)
+
+    def _bucket(self, out: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Token arrays cut to the batch's bucket; what is cut is padding only."""
+        length = self.bucket_length(idx)
+        full = self.arrays["input_ids"].shape[1]
+        return {k: v[:, :length] if k in TOKEN_KEYS and v.shape[1] == full else v
+                for k, v in out.items()}
+
+    def _pack(self, out: dict[str, np.ndarray], idx: np.ndarray, step: int
+              ) -> dict[str, np.ndarray]:
+        rows = self.local_packing_rows
+        assert rows is not None
+        # Decided on the global batch, process blocks as shards: every process gets the same
+        # answer, so all of them feed the same static shape.
+        fits = assign_rows(self.lengths[idx], max_len=self.arrays["input_ids"].shape[1],
+                           rows=self.packing_rows, shards=self.process_count * self.packing_shards)
+        if fits is not None:
+            packed = pack(out, rows=rows, shards=self.packing_shards, pad_id=self.pad_id)
+            assert packed is not None  # the global batch fits, so every process block does
+        else:
+            rows = self.local_batch_size
+            packed = pack_one_per_row(out, pad_id=self.pad_id)
+            if step not in self._overflowed:
+                self._overflowed.add(step)
+                log.warning("step %d: the batch does not fit into %d packed rows; packed one "
+                            "sentence per row (%d rows) instead (%d overflow steps so far)",
+                            step, self.packing_rows, self.global_batch_size,
+                            len(self._overflowed))
+        if self.process_index:  # number rows in the global packed array
+            packed["sentence_row"] += self.process_index * rows
+        return packed
+
+    def _unpacked(self, step: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         if step < 0 or (self.num_steps is not None and step >= self.num_steps):
             raise IndexError(f"step {step} outside [0, {self.num_steps})")
         idx, valid = self.global_indices(step)
@@ -302,7 +415,7 @@ class Pipeline:
             ids, labels = ids[mine], labels[mine]
             labels[~out["valid"]] = -100
             out["mlm_input_ids"], out["mlm_labels"] = ids, labels
-        return out
+        return out, idx
 
     def _to_device(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import jax  # noqa: PLC0415
@@ -336,9 +449,19 @@ class Pipeline:
         return self.iterate(0)
 
     def describe(self) -> str:
-        """One line on the epoch arithmetic, for logs."""
-        return (f"{self.num_examples} examples, global batch {self.global_batch_size} "
+        """One line on the epoch arithmetic (and packing), for logs."""
+        text = (f"{self.num_examples} examples, global batch {self.global_batch_size} "
                 f"({self.local_batch_size} on each of {self.process_count} processes), "
                 f"{self.steps_per_epoch} steps per epoch, {self.dropped_per_epoch} examples "
                 f"left out per epoch")
+        if self.packing_rows is not None:
+            max_len = self.arrays["input_ids"].shape[1]
+            mean = float(self.lengths.mean())
+            text += (f"; packed into {self.packing_rows} rows per step "
+                     f"({self.local_packing_rows} per process, {self.packing_shards} shards "
+                     f"each; overflow: {self.global_batch_size} rows), real tokens "
+                     f"{mean / max_len:.1%} unpacked -> "
+                     f"{mean * self.global_batch_size / (self.packing_rows * max_len):.1%} packed "
+                     f"(on average)")
+        return text
 
