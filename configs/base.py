@@ -67,6 +67,15 @@ def get_base() -> ml_collections.ConfigDict:
     # logits are computed at only that many positions per row (0: every position, B x L x V).
     c.data.mlm_max_predictions = 0
     c.data.prefetch = 2
+    # Sequence packing: the encoder runs on rows of max_len tokens holding several sentences
+    # (attention masked to each, positions restarting), so compute follows real tokens, not
+    # padding. packing_rows = rows per step (0: chosen from the data's length distribution and
+    # stated at start-up); a batch that does not fit runs unpacked (counted, never dropped).
+    c.data.packing = False
+    c.data.packing_rows = 0
+    # Length bucketing, the simpler alternative: each batch is padded to the smallest of these
+    # lengths that holds it (one compiled program per bucket); () = always model.max_len.
+    c.data.bucket_lengths = ()
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 5e-5

@@ -60,6 +60,13 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
              "must be >= 0")
     _require(d.num_labels >= 0, "data.num_labels", d.num_labels, "must be >= 0 (0 = none)")
     _require(d.max_examples >= 0, "data.max_examples", d.max_examples, "must be >= 0 (0 = all)")
+    if d.packing and d.bucket_lengths:
+        raise ValueError("config.data.packing and config.data.bucket_lengths are alternatives: "
+                         "set one")
+    _require(d.packing_rows >= 0, "data.packing_rows", d.packing_rows, "must be >= 0 (0 = chosen)")
+    buckets = tuple(d.bucket_lengths)
+    _require(all(0 < b <= m.max_len for b in buckets), "data.bucket_lengths", buckets,
+             f"must lie in (0, config.model.max_len={m.max_len}]")
     low, high = d.scale_low, d.scale_high
     if (low is None) != (high is None):
         raise ValueError(f"config.data.scale_low={low!r} and config.data.scale_high={high!r}: "

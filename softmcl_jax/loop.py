@@ -22,8 +22,10 @@ from softmcl_jax.checkpoint import Checkpointer, PreemptionGuard, non_finite_lea
 from softmcl_jax.data import (
     MaskingConfig,
     Pipeline,
+    choose_rows,
     encode_sentences,
     load_vader_sentences,
+    packing,
     sources,
 )
 from softmcl_jax.metrics import MetricWriter, ProgressBar
@@ -90,13 +92,25 @@ def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str],
     masking = (MaskingConfig.from_tokenizer(tokenizer, rate=d.mlm_rate,
                                             max_predictions=d.mlm_max_predictions)
                if d.mlm_rate > 0 else None)
-    keys = set(the_plan.batch_keys) - {"valid", "mlm_input_ids", "mlm_labels"}
+    # The pipeline's inputs: what the plan reads, in the unpacked layout (it packs them itself).
+    unpacked = {v: k for k, v in objective.PACKED.items()}
+    keys = {unpacked.get(k, k) for k in the_plan.batch_keys} - {
+        "valid", "mlm_input_ids", "mlm_labels", *objective.PACKING_KEYS}
     if masking is not None:
         keys.add("special_tokens_mask")
     arrays = {k: v for k, v in encoded.arrays.items() if k in keys}
+    rows = None
+    if d.packing:
+        # Each device packs its own sentences into its own rows (no cross-device gathers).
+        devices = sharding.batch_size_per_axis(mesh)
+        rows = d.packing_rows or choose_rows(
+            packing.lengths(encoded.arrays["attention_mask"]), batch_size=config.batch_size,
+            max_len=config.model.max_len, shards=devices, seed=config.seed)
     pipeline = Pipeline(arrays, global_batch_size=config.batch_size, seed=config.seed,
                         masking=masking, prefetch=d.prefetch,
-                        sharding=sharding.batch_sharding(mesh))
+                        sharding=sharding.batch_sharding(mesh), packing_rows=rows,
+                        packing_shards=sharding.batch_size_per_axis(mesh) // jax.process_count(),
+                        bucket_lengths=tuple(d.bucket_lengths))
     log.info("data: %s", pipeline.describe())
     return pipeline
 

@@ -35,10 +35,20 @@ class Model:
 
     def forward(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
                 train: bool, rng: jax.Array | None, mlm: bool = False,
-                mlm_positions: jax.Array | None = None) -> dict[str, jax.Array]:
-        """The encoder's outputs: ``last_hidden_state`` (B, L, H) and, with ``mlm``, ``logits``."""
+                mlm_positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
+                mlm_rows: jax.Array | None = None) -> dict[str, jax.Array]:
+        """The encoder's outputs: ``last_hidden_state`` (B, L, H) and, with ``mlm``, ``logits``.
+
+        Packed rows: ``segment_ids`` (B, L) (0 = padding) masks attention to each segment and
+        restarts positions; ``mlm_rows`` (S,) with ``mlm_positions`` (S, M) picks the MLM
+        positions of sentence ``s`` in row ``mlm_rows[s]``.
+        """
         rngs = {"dropout": rng} if train else None
         kw = {} if mlm_positions is None else {"mlm_positions": mlm_positions}
+        if segment_ids is not None:
+            kw["segment_ids"] = segment_ids
+        if mlm_rows is not None:
+            kw["mlm_rows"] = mlm_rows
         return self.pretrained.module.apply(
             {"params": params["encoder"]}, input_ids, attention_mask, train=train, mlm=mlm,
             rngs=rngs, **kw)

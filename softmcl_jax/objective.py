@@ -31,6 +31,10 @@ sg = jax.lax.stop_gradient
 COPIES = ("online", "ema", "frozen")  # trained; EMA of the online params; the base encoder
 INPUTS = ("clean", "masked")  # input_ids; the MLM-corrupted mlm_input_ids
 ALWAYS = ("input_ids", "attention_mask", "valid")
+# With data.packing the encoder reads packed rows instead of input_ids / mlm_input_ids, and the
+# sentence-level layout (B, L) is rebuilt from each sentence's row and start.
+PACKED = {"input_ids": "packed_input_ids", "mlm_input_ids": "packed_mlm_input_ids"}
+PACKING_KEYS = ("segment_ids", "sentence_row", "sentence_start")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +162,8 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
     passes = tuple(
         Pass(copy, inp, views[(copy, inp)], mlm_logits and (copy, inp) == ("online", "masked"))
         for copy in COPIES for inp in INPUTS if (copy, inp) in views)
+    if config.data.packing:
+        batch = {PACKED.get(k, k) for k in batch} | set(PACKING_KEYS)
     return Plan(weights=tuple(weights), passes=passes, heads=tuple(sorted(heads.items())),
                 ema=any(p.copy == "ema" for p in passes),
                 frozen=any(p.copy == "frozen" for p in passes), queues=tuple(queues),
@@ -187,6 +193,24 @@ def queue_width(q: QueueSpec, config: ml_collections.ConfigDict, hidden_size: in
 # ----------------------------------------------------------------------------- in the step
 
 
+def unpack(hidden: jax.Array, sentence_row: jax.Array, sentence_start: jax.Array,
+           views: int = 1) -> jax.Array:
+    """Packed token vectors (views * R, L, H) -> one row per sentence (views * B, L, H).
+
+    Sentence ``b`` of view ``v`` is the run of row ``v * R + sentence_row[b]`` starting at
+    ``sentence_start[b]``; positions past its end (its padding, unpacked) take whatever the row
+    holds there, which every consumer masks with the unpacked ``attention_mask``, exactly as it
+    masks padding vectors without packing.
+    """
+    rows_per_view, length = hidden.shape[0] // views, hidden.shape[1]
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    offsets = jnp.arange(views)[:, None] * rows_per_view + sentence_row[None, :]  # (V, B)
+    index = (offsets[..., None] * length + sentence_start[None, :, None]
+             + jnp.arange(length)[None, None, :])  # (V, B, L)
+    index = jnp.minimum(index, flat.shape[0] - 1).reshape(-1, length)
+    return flat[index]
+
+
 class Context:
     """The encoder passes of one step, each run once, and cached views of them for the terms."""
 
@@ -201,32 +225,49 @@ class Context:
         self._views: dict[str, int] = {}
         self._cache: dict[Any, jax.Array] = {}
         self.mlm_logits = self.mlm_labels = self.mlm_left_out = None
+        self.packed = "segment_ids" in batch
         n_train = 0
         for p in the_plan.passes:
-            ids = batch["input_ids" if p.input == "clean" else "mlm_input_ids"]
-            mask = batch["attention_mask"]
+            key = "input_ids" if p.input == "clean" else "mlm_input_ids"
+            ids = batch[PACKED[key]] if self.packed else batch[key]
+            # With packing the encoder sees rows of several sentences, masked to each segment.
+            segments = batch["segment_ids"] if self.packed else None
+            mask = (segments > 0).astype(jnp.int32) if self.packed else batch["attention_mask"]
             if p.views > 1:  # one forward over the stacked views: they differ only in dropout
                 ids, mask = jnp.concatenate([ids] * p.views), jnp.concatenate([mask] * p.views)
+                if self.packed:
+                    segments = jnp.concatenate([segments] * p.views)
             # The first training pass draws dropout from the step's key itself (so a preset with
             # one training pass keeps its random stream); further ones from keys folded from it.
             pass_rng = None
             if p.train:
                 pass_rng = rng if n_train == 0 else jax.random.fold_in(rng, n_train)
                 n_train += 1
-            positions = None
+            positions = rows = None
             if p.mlm_logits:
                 self.mlm_labels = batch["mlm_labels"]
                 if config.data.mlm_max_predictions > 0:
-                    # Logits at the (at most M) masked positions per row, not at all L.
+                    # Logits at the (at most M) masked positions per sentence, not at all L.
                     positions, self.mlm_labels, self.mlm_left_out = scored_positions(
                         self.mlm_labels, config.data.mlm_max_predictions)
+                elif self.packed:  # every position of every sentence, in its packed row
+                    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), self.mlm_labels.shape)
+                if self.packed:
+                    positions = positions + batch["sentence_start"][:, None]
+                    rows = batch["sentence_row"]
+            kw = {"segment_ids": segments, "mlm_rows": rows} if self.packed else {}
             out = model.forward(self._params[p.copy], ids, mask, train=p.train, rng=pass_rng,
-                                mlm=p.mlm_logits, mlm_positions=positions)
+                                mlm=p.mlm_logits, mlm_positions=positions, **kw)
             if not p.train:
                 out = sg(out)
             if p.mlm_logits:
                 self.mlm_logits = out["logits"]
-            self._outputs[p.name] = dict(out, attention_mask=mask)
+            hidden = out["last_hidden_state"]
+            if self.packed:
+                hidden = unpack(hidden, batch["sentence_row"], batch["sentence_start"], p.views)
+            self._outputs[p.name] = {
+                "last_hidden_state": hidden,
+                "attention_mask": jnp.concatenate([batch["attention_mask"]] * p.views)}
             self._views[p.name] = p.views
 
     def _split(self, ref: str) -> tuple[str, str, int]:
