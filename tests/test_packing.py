@@ -14,11 +14,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from softmcl_jax import config_check, loop, objective, sharding, train
+from softmcl_jax import objective, train
 from softmcl_jax.models.hf import TOKENIZER_FILES
 from tests import tiny
 from tests import train_utils as tu
 from tests.test_objective import TINY, labelled_csv
+from tests.test_objective import _setup as setup_tiny
 
 FAMILIES = ["bert", "roberta", "electra", "deberta-v2", "deberta-v3"]
 PRESETS = ["softmcl", "simcse", "softcse", "retrofit", "lcl"]
@@ -56,10 +57,7 @@ def _config(preset: str, model_dir: str, tmp_path, packing: bool):
 
 
 def _loss_and_grads(config, step: int = 0):
-    the_plan = config_check.validate(config)
-    _, tokenizer, model = loop.setup_model(config, the_plan)
-    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-    pipeline = loop.build_pipeline(config, tokenizer, mesh, set(), the_plan)
+    the_plan, model, mesh, pipeline = setup_tiny(config)
     setup = train.setup_step(model, config, mesh, the_plan)
     state = setup.init()
     batch = {k: jnp.asarray(pipeline.batch(step)[k]) for k in the_plan.batch_keys}

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from softmcl_jax import config_check, loop, sharding, train
+from softmcl_jax import loop, train
 from softmcl_jax.checkpoint import Checkpointer
 from softmcl_jax.data.pipeline import Pipeline
 from softmcl_jax.workdir import LOCK_FILE
 from tests import train_utils as tu
 from tests.test_objective import TINY, preset
+from tests.test_objective import _setup as setup_tiny
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +50,7 @@ def _poison(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def test_a_non_finite_step_is_never_applied(model_dir):
     config = preset("softmcl", **TINY)
     config.model.name_or_path = model_dir
-    the_plan = config_check.validate(config)
-    _, tokenizer, model = loop.setup_model(config, the_plan)
-    mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-    pipeline = loop.build_pipeline(config, tokenizer, mesh, set(), the_plan)
+    the_plan, model, mesh, pipeline = setup_tiny(config)
     setup = train.setup_step(model, config, mesh, the_plan)
     state = setup.init()
     keys = the_plan.batch_keys
