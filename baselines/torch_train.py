@@ -597,7 +597,8 @@ class TorchTrainer:
         enc.eval()
         out = []
         for i in range(0, len(texts), batch_size):
-            # Padded to max_len like softmcl_jax.evaluate.embed_texts (same shapes to compare).
+            # Padded to max_len: one compiled shape per batch size (the pooled vectors do not
+            # depend on the padding; softmcl_jax.evaluation.embed buckets lengths instead).
             t = tokenizer(texts[i:i + batch_size], padding="max_length", truncation=True,
                           max_length=max_len, return_tensors="pt").to(self.device)
             h = enc(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state

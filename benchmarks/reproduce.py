@@ -251,8 +251,8 @@ def plot_projection(args: argparse.Namespace, path: str, n: int = 1000) -> None:
     from scipy.stats import pearsonr
     from sklearn.decomposition import PCA
 
-    from softmcl_jax.evaluate import embed_texts
     from softmcl_jax.evaluation.data import load_emobank
+    from softmcl_jax.evaluation.embed import embed_sentences
     from softmcl_jax.models import from_pretrained
     from softmcl_jax.models.hf import resolve_name
 
@@ -265,7 +265,7 @@ def plot_projection(args: argparse.Namespace, path: str, n: int = 1000) -> None:
     for ax, (title, path_) in zip(axes, panels, strict=True):
         pre = from_pretrained(path_)
         tok = transformers.AutoTokenizer.from_pretrained(pre.tokenizer_path or path_)
-        x = embed_texts(pre, pre.params, tok, texts, max_len=args.max_len)
+        x = embed_sentences(pre, pre.params, tok, texts, max_len=args.max_len)
         xy = PCA(n_components=2, random_state=0).fit_transform(x)
         r = max(abs(pearsonr(xy[:, k], y).statistic) for k in range(2))
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="coolwarm", s=6)

@@ -112,6 +112,10 @@ def get_base() -> ml_collections.ConfigDict:
 
     c.export = ml_collections.ConfigDict()
     c.export.enabled = True  # write workdir/export (Hugging Face format) at the end
+    # Add sentence-transformers' Normalize module to the export, so encode() returns unit vectors
+    # (dot product = cosine). Off: the export's vectors are the library's own (the probe and the
+    # suite use the un-normalised pooled vector), and cosine similarity does not need it.
+    c.export.normalize = False
     return c
 
 

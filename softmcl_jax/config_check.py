@@ -13,8 +13,7 @@ import ml_collections
 from softmcl_jax import objective
 from softmcl_jax.data.sources import SOURCES
 from softmcl_jax.models import DTYPES
-
-POOLINGS = ("mean", "cls")
+from softmcl_jax.models.heads import POOLINGS
 
 
 def _require(ok: bool, field: str, value: object, what: str) -> None:

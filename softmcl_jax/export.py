@@ -1,12 +1,13 @@
-"""Write a trained encoder as a Hugging Face checkpoint.
+"""Write a trained encoder as a Hugging Face and sentence-transformers model with a model card.
 
     python -m softmcl_jax.export --workdir=WORKDIR --out=DIR [--step=N] [--with_mlm_head]
 
 Reads ``WORKDIR/config.json`` (written by the trainer) to rebuild the model, restores only the
 encoder's parameters of the newest (or the given) checkpoint onto one device (not the heads, Adam
-moments, EMA or queues), and writes ``config.json``, ``model.safetensors`` and
-the tokenizer files: ``transformers.AutoModel.from_pretrained(DIR)`` and
-``sentence_transformers.SentenceTransformer(DIR)`` load it.
+moments, EMA or queues), and writes ``config.json``, ``model.safetensors``, the tokenizer files,
+the sentence-transformers files (the run's pooling and max length) and ``README.md`` (the card;
+``WORKDIR/run_info.json``, which a finished run writes, adds the data count, hardware and probe):
+``transformers.AutoModel.from_pretrained(DIR)`` and ``SentenceTransformer(DIR)`` load it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import jax
 
 from softmcl_jax import loop, sharding
 from softmcl_jax.checkpoint import non_finite_leaves
-from softmcl_jax.models import save_pretrained
+from softmcl_jax.export_format import read_run_info, write_export
 from softmcl_jax.workdir import load_config
 
 
 def export(workdir: str, out: str, *, step: int | None = None,
            with_mlm_head: bool = False) -> str:
+    """Export checkpoint ``step`` (None: the newest) of ``workdir`` into ``out``; returns it."""
     config = load_config(workdir)
     pretrained, _, _ = loop.setup_model(config)
     # The encoder's parameters are the base checkpoint's shapes, laid out on one device.
@@ -30,6 +32,7 @@ def export(workdir: str, out: str, *, step: int | None = None,
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           pretrained.params, sharding.param_shardings(pretrained.params, mesh))
     ckpt = loop.checkpointer(config, workdir)
+    step = step if step is not None else ckpt.latest_step()
     encoder = ckpt.restore_subtree(step, {"params": {"encoder": target}})["params"]["encoder"]
     ckpt.close()
     encoder = jax.device_get(encoder)
@@ -37,7 +40,11 @@ def export(workdir: str, out: str, *, step: int | None = None,
     if bad:
         raise ValueError(f"{workdir}: checkpoint {step or 'newest'} holds non-finite encoder "
                          f"weights ({', '.join(bad[:3])}); not exported")
-    return save_pretrained(pretrained, encoder, out, with_mlm_head=with_mlm_head)
+    info = read_run_info(workdir)
+    if info.get("steps") != step:  # the run's probe measured another checkpoint
+        info = {k: v for k, v in info.items() if not k.startswith("probe_")}
+    info["steps"] = step
+    return write_export(pretrained, encoder, out, config, info, with_mlm_head=with_mlm_head)
 
 
 def main(argv: list[str] | None = None) -> None:

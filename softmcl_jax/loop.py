@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from softmcl_jax import config_check, evaluate, objective, sharding, train
+from softmcl_jax import config_check, objective, sharding, train
 from softmcl_jax.checkpoint import Checkpointer, PreemptionGuard, non_finite_leaves
 from softmcl_jax.data import (
     MaskingConfig,
@@ -28,8 +28,11 @@ from softmcl_jax.data import (
     packing,
     sources,
 )
+from softmcl_jax.evaluation.embed import embed_sentences
+from softmcl_jax.evaluation.probe import ProbeSplit, vader_probe_split, valence_probe
+from softmcl_jax.export_format import write_export, write_run_info
 from softmcl_jax.metrics import MetricWriter, ProgressBar
-from softmcl_jax.models import DTYPES, from_pretrained, save_pretrained
+from softmcl_jax.models import DTYPES, from_pretrained
 from softmcl_jax.models.hf import resolve_name
 from softmcl_jax.workdir import WorkdirLock, check_config, write_config
 
@@ -62,11 +65,11 @@ def _check_mesh(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> N
                          f"{shards} devices the batch is split over")
 
 
-def probe_data(config: ml_collections.ConfigDict) -> evaluate.ProbeSplit:
+def probe_data(config: ml_collections.ConfigDict) -> ProbeSplit:
     """Held-out VADER sentences for the valence probe (their texts are kept out of training)."""
     p = config.probe
-    return evaluate.vader_probe_split(load_vader_sentences(), n_train=p.n_train, n_test=p.n_test,
-                                      seed=p.seed)
+    return vader_probe_split(load_vader_sentences(), n_train=p.n_train, n_test=p.n_test,
+                             seed=p.seed)
 
 
 def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str],
@@ -121,12 +124,20 @@ def _token_dims(the_plan: objective.Plan, config: ml_collections.ConfigDict) -> 
                          if need.startswith("token:")}))
 
 
-def run_probe(config, pretrained, params, tokenizer, probe: evaluate.ProbeSplit) -> float:
+def run_probe(config, pretrained, params, tokenizer, probe: ProbeSplit) -> float:
+    """Pearson r of the ridge valence probe on ``params``' sentence vectors (the suite's
+    embedder, so the probe sees what ``evaluate`` and the export's ``encode()`` see)."""
     kw = dict(max_len=config.model.max_len, batch_size=config.probe.batch_size,
               pooling=config.model.pooling)
-    x_tr = evaluate.embed_texts(pretrained, params, tokenizer, probe.train_texts, **kw)
-    x_te = evaluate.embed_texts(pretrained, params, tokenizer, probe.test_texts, **kw)
-    return evaluate.valence_probe(x_tr, probe.train_y, x_te, probe.test_y)
+    x_tr = embed_sentences(pretrained, params, tokenizer, probe.train_texts, **kw)
+    x_te = embed_sentences(pretrained, params, tokenizer, probe.test_texts, **kw)
+    return valence_probe(x_tr, probe.train_y, x_te, probe.test_y)
+
+
+def hardware() -> str:
+    """What the run ran on, for the model card: e.g. "1 x cpu (cpu)", "8 x TPU v4 (tpu)"."""
+    devices = jax.devices()
+    return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform})"
 
 
 class Diverged(RuntimeError):
@@ -269,11 +280,18 @@ def _run(config: ml_collections.ConfigDict, workdir: str, the_plan: objective.Pl
     if bad:  # cannot happen while train_step drops non-finite updates; never export one
         raise Diverged(f"the trained encoder holds non-finite values ({', '.join(bad[:3])}); "
                        "not exported")
-    if config.export.enabled:
-        out = save_pretrained(pretrained, encoder_params, os.path.join(workdir, "export"))
-        log.info("exported the encoder (Hugging Face format) to %s", out)
     if probe is not None:
         result["probe_after"] = run_probe(config, pretrained, encoder_params, tokenizer, probe)
+    # Measured before the export so the model card can state it.
+    info = {"steps": step, "train_sentences": pipeline.num_examples, "hardware": hardware(),
+            **{k: result[k] for k in ("probe_before", "probe_after") if k in result}}
+    write_run_info(workdir, info)
+    if config.export.enabled:
+        out = write_export(pretrained, encoder_params, os.path.join(workdir, "export"), config,
+                           info)
+        log.info("exported the encoder (Hugging Face + sentence-transformers, model card) to %s",
+                 out)
+    if probe is not None:
         print(f"valence probe (held-out, Pearson r): before {result['probe_before']:.3f} "
               f"after {result['probe_after']:.3f}", flush=True)
     ckpt.close()

@@ -1,4 +1,5 @@
-"""softmcl_jax.evaluate: embeddings vs a PyTorch reference, the ridge valence probe, the split."""
+"""The library's one embedder (evaluation.embed) vs a PyTorch reference, the ridge valence probe,
+the probe's split, and the trainer's probe through that embedder."""
 
 from __future__ import annotations
 
@@ -11,12 +12,8 @@ import transformers
 
 from softmcl_jax.data import load_vader_sentences
 from softmcl_jax.data.records import Sentence
-from softmcl_jax.evaluate import (
-    embed_texts,
-    probe_split,
-    vader_probe_split,
-    valence_probe,
-)
+from softmcl_jax.evaluation.embed import Encoder, embed_sentences
+from softmcl_jax.evaluation.probe import probe_split, vader_probe_split, valence_probe
 from softmcl_jax.models import from_pretrained
 
 TEXTS = [
@@ -50,24 +47,30 @@ def torch_reference(texts, max_len, pooling):
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
-def test_embed_texts_matches_pytorch(pooling):
+def test_embed_sentences_matches_pytorch(pooling):
     pre, tok, _ = minilm()
-    got = embed_texts(pre, pre.params, tok, TEXTS, max_len=32, batch_size=64, pooling=pooling)
+    got = embed_sentences(pre, pre.params, tok, TEXTS, max_len=32, batch_size=64, pooling=pooling)
     ref = torch_reference(TEXTS, 32, pooling)
     assert got.dtype == np.float32 and got.shape == (5, 384)
     d = float(np.abs(got - ref).max())
-    print(f"embed_texts ({pooling}) vs PyTorch: max|Δ| = {d:.2e}")
+    print(f"embed_sentences ({pooling}) vs PyTorch: max|Δ| = {d:.2e}")
     assert d <= 1e-4
 
 
-def test_embed_texts_batching_invariance():
+def test_encoder_batching_bucketing_and_cache_change_nothing():
+    """Batch size, length buckets, sorting and the cache change nothing beyond float rounding:
+    each against the PyTorch reference, not against another embedder of ours."""
     pre, tok, _ = minilm()
-    big = embed_texts(pre, pre.params, tok, TEXTS, max_len=32, batch_size=64)
-    small = embed_texts(pre, pre.params, tok, TEXTS, max_len=32, batch_size=2)  # padded last
-    np.testing.assert_allclose(small, big, atol=1e-5)
-    assert embed_texts(pre, pre.params, tok, [], max_len=32).shape == (0, 384)
+    texts = TEXTS * 3 + ["ok"]
+    ref = torch_reference(texts, 32, "mean")
+    for batch_size in (2, 4, 64):
+        enc = Encoder(pre, pre.params, tok, max_len=32, batch_size=batch_size, progress=False)
+        got = enc.sentences(texts)
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+        np.testing.assert_array_equal(enc.sentences(texts[::-1]), got[::-1])  # from the cache
+    assert embed_sentences(pre, pre.params, tok, [], max_len=32).shape == (0, 384)
     with pytest.raises(ValueError, match="pooling"):
-        embed_texts(pre, pre.params, tok, TEXTS, pooling="max")
+        embed_sentences(pre, pre.params, tok, TEXTS, pooling="max")
 
 
 def test_valence_probe_synthetic():
@@ -132,8 +135,8 @@ def test_probe_on_minilm_sees_valence():
     """End to end on real data: MiniLM's frozen embeddings predict VADER valence."""
     pre, tok, _ = minilm()
     split = vader_probe_split(load_vader_sentences(), n_train=300, n_test=150)
-    x_tr = embed_texts(pre, pre.params, tok, split.train_texts, max_len=48)
-    x_te = embed_texts(pre, pre.params, tok, split.test_texts, max_len=48)
+    x_tr = embed_sentences(pre, pre.params, tok, split.train_texts, max_len=48)
+    x_te = embed_sentences(pre, pre.params, tok, split.test_texts, max_len=48)
     r = valence_probe(x_tr, split.train_y, x_te, split.test_y)
     print(f"MiniLM VADER probe (300/150): r = {r:.3f}")
     assert r > 0.5

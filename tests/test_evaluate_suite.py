@@ -288,21 +288,6 @@ def test_default_tasks_skip_missing_data_and_named_missing_raise(model_dir, tmp_
                        "--tasks=emobank", "--no_progress"])
 
 
-def test_bucketed_embeddings_match_embed_texts(model_dir):
-    """Length bucketing, sorting and the cache change nothing beyond float rounding."""
-    pre = from_pretrained(model_dir)
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
-    texts = ["ok", "the plot is superb and the cast is warm .", "a " * 40, "ok", "why ?"] * 3
-    for pooling in ("mean", "cls"):
-        enc = Encoder(pre, pre.params, tok, pooling=pooling, max_len=32, batch_size=4,
-                      progress=False)
-        got = enc.sentences(texts)
-        ref = evaluate.embed_texts(pre, pre.params, tok, texts, max_len=32, batch_size=8,
-                                   pooling=pooling)
-        np.testing.assert_allclose(got, ref, atol=2e-5)
-        np.testing.assert_array_equal(enc.sentences(texts[::-1]), got[::-1])  # from the cache
-
-
 # --- a run never ends silently wrong: no task ran, a training workdir ------------------------
 
 def test_cli_exits_nonzero_when_no_task_ran(model_dir, tmp_path):
@@ -382,3 +367,40 @@ def test_cli_on_a_workdir_evaluates_its_export_with_the_runs_pooling(model_dir, 
     capsys.readouterr()
     evaluate.main([*args, "--pooling=mean"])
     assert "- pooling: `mean`" in capsys.readouterr().out
+
+
+# --- a sentence-transformers export: its pooling, and the table in its model card ------------
+
+def _export(folder, model_dir: str, pooling: str) -> str:
+    """``model_dir``'s tiny encoder written as this library exports a run (ST files, card)."""
+    from softmcl_jax.export_format import write_export
+    from tests.train_utils import load_config
+
+    pre = from_pretrained(model_dir)
+    config = load_config("softmcl", **{"model.pooling": pooling, "model.max_len": 32})
+    return write_export(pre, pre.params, str(folder), config, {"steps": 3})
+
+
+def test_cli_on_a_sentence_transformers_export_uses_its_pooling_and_fills_its_card(
+        model_dir, tmp_path, capsys):
+    export = _export(tmp_path / "export", model_dir, "cls")
+    data_dir = make_data(str(tmp_path / "data"), with_test=False)
+    args = [f"--data_dir={data_dir}", "--tasks=sst2,stsb", "--max_examples=24", "--max_len=32",
+            "--no_progress"]
+    got = evaluate.main([f"--checkpoint={export}", f"--output={tmp_path / 'r.json'}", *args])
+    assert "- pooling: `cls`" in capsys.readouterr().out  # from 1_Pooling/config.json
+    # The same numbers as the plain transformers folder with --pooling=cls (no card there).
+    assert evaluate.main([f"--checkpoint={model_dir}", "--pooling=cls", *args]) == got
+    card = open(os.path.join(export, "README.md")).read()
+    table = card.split("## Evaluation")[1].split("## Usage")[0]
+    assert "Not evaluated yet" not in table
+    for task, entry in got.items():
+        row = next(line for line in table.splitlines() if line.startswith(f"| {task} |"))
+        for name, value in entry.items():
+            if name not in ("split", "n"):
+                assert f"{name} {value:.4f}" in row, (task, name, row)
+    # --no_card leaves the card alone.
+    before = open(os.path.join(export, "README.md")).read()
+    evaluate.main([f"--checkpoint={export}", "--no_card", *args[:-1], "--max_examples=12",
+                   "--no_progress"])
+    assert open(os.path.join(export, "README.md")).read() == before

@@ -49,7 +49,7 @@ from softmcl_jax.data.readers import (
     read_stsb,
     read_warriner,
 )
-from softmcl_jax.evaluate import probe_split
+from softmcl_jax.evaluation.probe import probe_split
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,9 @@ at most ``max_len``), not to ``max_len``: a word or a short sentence then costs 
 Padding is masked out, so the result does not depend on the bucketing beyond float rounding.
 Vectors are cached per (text, span), so tasks sharing texts (SST-2 and its few-shot runs) embed
 them once.
+
+This is the library's one embedder: the suite, the trainer's valence probe, the export check and
+the benchmarks all embed through it (``embed_sentences`` for a one-off list of sentences).
 """
 
 from __future__ import annotations
@@ -25,9 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from softmcl_jax.evaluate import POOLINGS
 from softmcl_jax.models import Pretrained
-from softmcl_jax.models.heads import pool
+from softmcl_jax.models.heads import POOLINGS, pool
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,9 @@ def span_mean(hidden: jax.Array, span_mask: jax.Array) -> jax.Array:
     return (hidden.astype(jnp.float32) * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
 
 
-# One jitted function per (module, pooling), as evaluate._EMBEDDERS: re-jitting per call would
-# recompile every shape on every task.
+# One jitted function per (module, pooling): re-jitting per call would recompile every shape on
+# every task. Keyed by the Flax module (hashable, compares by architecture config); the cached
+# closure holds a params-free copy of the Pretrained so it never pins a set of weights in memory.
 _SPAN_EMBEDDERS: dict[tuple[Any, str], Callable[..., tuple[jax.Array, jax.Array]]] = {}
 
 
@@ -203,3 +206,19 @@ class Encoder:
                 self.empty_spans += 1
                 p_vec = s_vec
             self._cache[keys[j]] = (s_vec, p_vec)
+
+
+def embed_sentences(pretrained: Pretrained, params: Any, tokenizer: Any, texts: Sequence[str], *,
+                    pooling: str = "mean", max_len: int = 128, batch_size: int = 64
+                    ) -> np.ndarray:
+    """Pooled sentence vectors (N, H), float32, of ``texts`` under ``params`` (no progress bar).
+
+    A fresh ``Encoder`` per call: its cache belongs to one set of weights (the probe embeds the
+    same texts before and after training). ``tokenizer`` may be a folder or hub id.
+    """
+    if isinstance(tokenizer, str):
+        import transformers
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer)
+    return Encoder(pretrained, params, tokenizer, pooling=pooling, max_len=max_len,
+                   batch_size=batch_size, progress=False).sentences(list(texts))

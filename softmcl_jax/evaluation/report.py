@@ -15,9 +15,11 @@ def _fmt(value: float) -> str:
 
 
 def markdown(results: Sequence[TaskResult], *, header: Mapping[str, Any],
-             skipped: Mapping[str, str] | None = None) -> str:
-    """One table row per task: scored split, its size, the metrics, and how they were got."""
-    lines = ["## Evaluation", ""]
+             skipped: Mapping[str, str] | None = None, title: bool = True) -> str:
+    """One table row per task: scored split, its size, the metrics, and how they were got.
+
+    ``title=False`` leaves out the "## Evaluation" heading (the model card has its own)."""
+    lines = ["## Evaluation", ""] if title else []
     lines += [f"- {k}: `{v}`" for k, v in header.items()]
     lines += ["- split: the test split where the data folder has one, else dev (column "
               "`split`)", ""]

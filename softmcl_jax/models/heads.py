@@ -29,6 +29,9 @@ class MLPHead(nn.Module):
         return nn.Dense(self.out, dtype=self.dtype, kernel_init=init, name="out")(x)
 
 
+POOLINGS = ("mean", "cls")  # what pool() does; the config, the suite and the export accept these
+
+
 def pool(hidden: jax.Array, attention_mask: jax.Array, how: str) -> jax.Array:
     """(B, L, H) -> (B, H): ``"cls"`` (first token) or ``"mean"`` over real tokens, in fp32."""
     hidden = hidden.astype(jnp.float32)

@@ -1,0 +1,86 @@
+"""What ``--checkpoint`` names: an encoder folder to load and the pooling that goes with it.
+
+* a Hugging Face folder (``config.json`` with ``model_type``), a hub id or "minilm": itself,
+  with no pooling of its own (the caller's default applies);
+* a sentence-transformers folder (``modules.json``): its Transformer module's folder, with the
+  pooling of its ``1_Pooling/config.json``;
+* a training workdir (the trainer's ``config.json``, or a ``checkpoints/`` folder): its
+  ``export/``, with the export's sentence-transformers pooling, else the run's ``model.pooling``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from softmcl_jax.export_format import read_sentence_transformers
+from softmcl_jax.models.heads import POOLINGS
+from softmcl_jax.models.hf import resolve_name
+
+log = logging.getLogger(__name__)
+
+EXPORT_DIR = "export"  # where the trainer (and the export command) put a workdir's encoder
+
+
+def _trainer_config(folder: str) -> dict[str, Any] | None:
+    """``folder``'s config.json if the trainer wrote it (not a transformers config), else None."""
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        cfg = None
+    if isinstance(cfg, dict) and "model_type" in cfg:
+        return None  # a Hugging Face folder
+    if isinstance(cfg, dict) and ("objective" in cfg or isinstance(cfg.get("model"), dict)):
+        return cfg
+    if os.path.isdir(os.path.join(folder, "checkpoints")):
+        return cfg if isinstance(cfg, dict) else {}
+    return None
+
+
+def resolve_checkpoint(checkpoint: str) -> tuple[str, str | None]:
+    """The encoder that ``--checkpoint`` names: (folder or hub id to load, the run's pooling).
+
+    A training workdir (its ``config.json`` is the trainer's, with keys such as ``objective``
+    and ``model``, or it has a ``checkpoints/`` folder) stands for its exported encoder,
+    ``WORKDIR/export``, which a finished run writes; the pooling returned is the export's
+    sentence-transformers pooling, else the run's ``model.pooling`` when its config says. A
+    workdir without ``export/`` raises ``FileNotFoundError`` saying how to write one. A
+    sentence-transformers folder gives its Transformer folder and its pooling (``ValueError`` for
+    a pooling we do not compute). Anything else (a Hugging Face folder, a hub id, "minilm")
+    resolves as ``models.hf.resolve_name`` does, with pooling None.
+    """
+    if not os.path.isdir(checkpoint):
+        return resolve_name(checkpoint), None
+    cfg = _trainer_config(checkpoint)
+    if cfg is None:
+        return _encoder_folder(checkpoint)
+    export = os.path.join(checkpoint, EXPORT_DIR)
+    if not os.path.isfile(os.path.join(export, "config.json")):
+        workdir = checkpoint.rstrip("/") or checkpoint
+        raise FileNotFoundError(
+            f"{checkpoint} is a training workdir, not an encoder folder, and it has no exported "
+            f"encoder ({export}/config.json is missing; a run writes it when it finishes with "
+            f"export.enabled). Write one with: python -m softmcl_jax.export "
+            f"--workdir={workdir} --out={os.path.join(workdir, EXPORT_DIR)}")
+    model = cfg.get("model")
+    pooling = model.get("pooling") if isinstance(model, dict) else None
+    if pooling not in POOLINGS:
+        pooling = None
+    log.info("%s is a training workdir: evaluating its exported encoder %s", checkpoint, export)
+    path, st_pooling = _encoder_folder(export)
+    return path, st_pooling or pooling
+
+
+def _encoder_folder(folder: str) -> tuple[str, str | None]:
+    """(transformers folder, pooling) of a sentence-transformers folder; (folder, None) else."""
+    st = read_sentence_transformers(folder)
+    if st is None:
+        return folder, None
+    if st["normalize"]:
+        log.info("%s normalises its vectors (a Normalize module); the suite uses the pooled "
+                 "vectors as they are (scale does not change cosine similarities)", folder)
+    return st["encoder"], st["pooling"]
