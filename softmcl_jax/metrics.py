@@ -8,12 +8,16 @@
 
 TensorBoard goes through ``tensorboardX`` (pure Python; needs only numpy, packaging, protobuf). If
 it is not installed, TensorBoard is skipped with one log line and the JSON log is still written.
+
+Why a JSON-lines file of our own beside TensorBoard: it is what code reads back (``read_metrics``:
+tests, benchmarks, the reproduction) without the tensorboard package, and a resumed run's file
+is made equal to an uninterrupted run's (``truncate_after``); event files cannot be edited, only
+masked with a purge step. clu's metric writers add no JSON-lines writer and no truncation, and
+their TensorBoard writer needs TensorFlow.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import itertools
 import json
 import logging
@@ -26,6 +30,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -225,17 +230,16 @@ def _format_scalars(scalars: Mapping[str, Any] | None) -> str:
 
 
 def _format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    return str(datetime.timedelta(seconds=int(seconds)))
+    return tqdm.format_interval(int(seconds)) if math.isfinite(seconds) else "?"
 
 
 class ProgressBar:
     """Steps/s, ETA and the latest losses for a train loop.
 
-    On a terminal: a tqdm bar (or, without tqdm, one ``\\r``-rewritten stderr line). Otherwise
-    (a log file, a batch job) one log line every ``log_every`` steps, with the rate measured over
-    those steps only, so the first line's compile time does not skew later ones.
+    On a terminal: a tqdm bar. Otherwise (a log file, a batch job) one log line every
+    ``log_every`` steps, with the rate measured over those steps only, so the first line's
+    compile time does not skew later ones. tqdm has no such mode: off a terminal it either
+    disables itself (``disable=None``) or writes ``\r``-separated redraws into the file.
 
     ``update(step, scalars)`` takes the number of completed steps, not an increment, so it can be
     called at any cadence and after a resume (``initial`` = the restored step).
@@ -245,43 +249,25 @@ class ProgressBar:
                  stream: IO[str] | None = None, enabled: bool = True):
         self.total = total
         self.log_every = max(1, log_every)
-        self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self._n = initial
-        self._last_n = initial
-        self._last_t = time.perf_counter()
         self._last_log_n = initial
-        self._last_log_t = self._last_t
-        self._rate = math.nan
-        self._tqdm = None
-        self._tty = enabled and _isatty(self.stream)
-        if self._tty:
-            with contextlib.suppress(ImportError):
-                from tqdm.auto import tqdm
-
-                self._tqdm = tqdm(total=total, initial=initial, file=self.stream, unit="step",
-                                  dynamic_ncols=True, smoothing=0.1)
+        self._last_log_t = time.perf_counter()
+        stream = stream if stream is not None else sys.stderr
+        self._tqdm = (tqdm(total=total, initial=initial, file=stream, unit="step",
+                           dynamic_ncols=True, smoothing=0.1)
+                      if enabled and _isatty(stream) else None)
 
     def update(self, step: int, scalars: Mapping[str, Any] | None = None) -> None:
         """Advance to ``step`` completed steps, showing ``scalars`` (latest losses)."""
         if not self.enabled:
             return
-        now = time.perf_counter()
         if self._tqdm is not None:
             if scalars:
                 self._tqdm.set_postfix_str(_format_scalars(scalars), refresh=False)
             self._tqdm.update(step - self._n)
-        elif self._tty:
-            dt = now - self._last_t
-            if dt > 0 and step > self._last_n:
-                rate = (step - self._last_n) / dt
-                # Exponential smoothing: per-step timings jitter with async dispatch.
-                self._rate = rate if math.isnan(self._rate) else 0.9 * self._rate + 0.1 * rate
-            eta = (self.total - step) / self._rate if self._rate > 0 else math.nan
-            self.stream.write(f"\r{step}/{self.total} {self._rate:.2f} step/s "
-                              f"ETA {_format_eta(eta)} {_format_scalars(scalars)}\033[K")
-            self.stream.flush()
         elif step - self._last_log_n >= self.log_every or step >= self.total:
+            now = time.perf_counter()
             dt = now - self._last_log_t
             rate = (step - self._last_log_n) / dt if dt > 0 else math.nan
             eta = (self.total - step) / rate if rate > 0 else math.nan
@@ -289,17 +275,13 @@ class ProgressBar:
             log.info("step %d/%d (%.1f%%) %.2f step/s ETA %s %s", step, self.total, pct, rate,
                      _format_eta(eta), _format_scalars(scalars))
             self._last_log_n, self._last_log_t = step, now
-        self._n, self._last_n, self._last_t = step, step, now
+        self._n = step
 
     def close(self) -> None:
         """End the bar (leaves the final line on the terminal)."""
         if self._tqdm is not None:
             self._tqdm.close()
             self._tqdm = None
-        elif self._tty and self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._tty = False
 
     def __enter__(self) -> ProgressBar:
         return self
@@ -313,4 +295,3 @@ def _isatty(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
-

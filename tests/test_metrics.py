@@ -165,24 +165,12 @@ def test_progress_logs_lines_when_not_a_tty(caplog):
 
 
 def test_progress_tqdm_on_a_tty():
-    pytest.importorskip("tqdm")
     out = _Tty()
     with ProgressBar(5, stream=out) as bar:
         for s in range(1, 6):
             bar.update(s, {"loss": 2.0})
     text = out.getvalue()
     assert "5/5" in text and "loss=2" in text
-
-
-def test_progress_without_tqdm(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tqdm", None)
-    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    out = _Tty()
-    with ProgressBar(4, stream=out) as bar:
-        for s in range(1, 5):
-            bar.update(s, {"loss": 0.5})
-    text = out.getvalue()
-    assert "\r4/4" in text and "step/s" in text and "ETA" in text and "loss=0.5" in text
 
 
 def test_metrics_file_is_json_lines(tmp_path):

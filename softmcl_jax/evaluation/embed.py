@@ -18,7 +18,6 @@ the benchmarks all embed through it (``embed_sentences`` for a one-off list of s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
@@ -74,16 +73,14 @@ def _span_embedder(pretrained: Pretrained, pooling: str
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    """A tqdm bar on a terminal (None when disabled, not a tty, or tqdm is missing)."""
+    """A tqdm bar on a terminal (None when disabled)."""
     if not enabled:
         return None
-    with contextlib.suppress(ImportError):
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        # disable=None: tqdm turns itself off when stderr is not a terminal (logs stay clean).
-        return tqdm(total=total, desc=desc, unit="batch", disable=None, dynamic_ncols=True,
-                    leave=False)
-    return None
+    # disable=None: tqdm turns itself off when stderr is not a terminal (logs stay clean).
+    return tqdm(total=total, desc=desc, unit="batch", disable=None, dynamic_ncols=True,
+                leave=False)
 
 
 class Encoder:
