@@ -122,7 +122,7 @@ def _usage(config: Mapping[str, Any]) -> list[str]:
             "```", "", "Score it on MTEB's sentiment and emotion tasks (needs the Hugging Face "
             "hub):", "", "```python", "import mteb",
             "tasks = mteb.get_tasks(tasks=[\"EmotionClassification\", "
-            "\"TweetSentimentExtraction\", \"AmazonPolarityClassification\", "
+            "\"TweetSentimentExtractionClassification\", \"AmazonPolarityClassification\", "
             "\"ImdbClassification\"])",
             "results = mteb.evaluate(model, tasks)", "```", ""]
 

@@ -158,6 +158,20 @@ def test_model_card_is_hub_metadata_and_says_what_was_trained(preset, tmp_path):
     assert ("SoftMCL" in card.text.split("## Citation")[1]) == (preset == "softmcl")
 
 
+def test_the_cards_usage_snippets_run_and_agree(tmp_path):
+    """The card's sentence-transformers and softmcl_jax snippets, run as written on the export."""
+    import re
+
+    path = export(tmp_path / "export", "cls")
+    card = open(f"{path}/README.md").read().replace("PATH_TO_THIS_FOLDER", path)
+    blocks = re.findall(r"```python\n(.*?)```", card, re.S)
+    assert len(blocks) == 3 and "import mteb" in blocks[2]  # MTEB needs the hub: not run here
+    st_vars, our_vars = {}, {}
+    exec(blocks[0], st_vars)
+    exec(blocks[1], our_vars)
+    np.testing.assert_allclose(st_vars["vectors"][:1], our_vars["vectors"], atol=1e-5)
+
+
 def test_evaluation_table_goes_between_the_markers(tmp_path):
     (tmp_path / "README.md").write_text(model_card.render(load_config("softmcl").to_dict()))
     assert model_card.set_evaluation(str(tmp_path), "| task | n |\n|---|---|\n| sst2 | 9 |")
