@@ -25,6 +25,7 @@ from softmcl_jax import model_card
 from softmcl_jax.models import Pretrained, save_pretrained
 from softmcl_jax.models.heads import POOLINGS
 
+EXPORT_DIR = "export"  # a workdir's export, written by the trainer at the end of a run
 MODULES_FILE = "modules.json"
 RUN_INFO = "run_info.json"  # what a finished run measured (loop.run writes it), for the card
 POOLING_DIR = "1_Pooling"

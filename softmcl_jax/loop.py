@@ -30,7 +30,7 @@ from softmcl_jax.data import (
 )
 from softmcl_jax.evaluation.embed import embed_sentences
 from softmcl_jax.evaluation.probe import ProbeSplit, vader_probe_split, valence_probe
-from softmcl_jax.export_format import write_export, write_run_info
+from softmcl_jax.export_format import EXPORT_DIR, write_export, write_run_info
 from softmcl_jax.metrics import MetricWriter, ProgressBar
 from softmcl_jax.models import DTYPES, from_pretrained
 from softmcl_jax.models.hf import resolve_name
@@ -287,7 +287,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, the_plan: objective.Pl
             **{k: result[k] for k in ("probe_before", "probe_after") if k in result}}
     write_run_info(workdir, info)
     if config.export.enabled:
-        out = write_export(pretrained, encoder_params, os.path.join(workdir, "export"), config,
+        out = write_export(pretrained, encoder_params, os.path.join(workdir, EXPORT_DIR), config,
                            info)
         log.info("exported the encoder (Hugging Face + sentence-transformers, model card) to %s",
                  out)

@@ -15,13 +15,11 @@ import logging
 import os
 from typing import Any
 
-from softmcl_jax.export_format import read_sentence_transformers
+from softmcl_jax.export_format import EXPORT_DIR, read_sentence_transformers
 from softmcl_jax.models.heads import POOLINGS
 from softmcl_jax.models.hf import resolve_name
 
 log = logging.getLogger(__name__)
-
-EXPORT_DIR = "export"  # where the trainer (and the export command) put a workdir's encoder
 
 
 def _trainer_config(folder: str) -> dict[str, Any] | None:
