@@ -69,10 +69,15 @@ def get_base() -> ml_collections.ConfigDict:
     c.data.prefetch = 2
     # Sequence packing: the encoder runs on rows of max_len tokens holding several sentences
     # (attention masked to each, positions restarting), so compute follows real tokens, not
-    # padding. packing_rows = rows per step (0: chosen from the data's length distribution and
-    # stated at start-up); a batch that does not fit runs unpacked (counted, never dropped).
-    c.data.packing = False
+    # padding. On by default: it pays for every preset on sentence-length data (BENCHMARKS.md,
+    # "Packing and bucketing"); off gives the padded layout (one sentence per row).
+    # packing_rows = rows per step, one static shape (0: chosen from the data's length
+    # distribution and stated at start-up: the packing_quantiles of the rows a sampled batch
+    # needs, one compiled program each; a batch takes the smallest that holds it). A batch that
+    # does not fit the largest runs one sentence per row (counted, never dropped).
+    c.data.packing = True
     c.data.packing_rows = 0
+    c.data.packing_quantiles = (0.5, 0.9, 1.0)
     # Length bucketing, the simpler alternative: each batch is padded to the smallest of these
     # lengths that holds it (one compiled program per bucket); () = always model.max_len.
     c.data.bucket_lengths = ()

@@ -61,8 +61,12 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
     _require(d.max_examples >= 0, "data.max_examples", d.max_examples, "must be >= 0 (0 = all)")
     if d.packing and d.bucket_lengths:
         raise ValueError("config.data.packing and config.data.bucket_lengths are alternatives: "
-                         "set one")
+                         "set one (packing is on by default: bucket_lengths needs "
+                         "--config.data.packing=False)")
     _require(d.packing_rows >= 0, "data.packing_rows", d.packing_rows, "must be >= 0 (0 = chosen)")
+    quantiles = tuple(d.packing_quantiles)
+    _require(len(quantiles) > 0 and all(0 < q <= 1 for q in quantiles), "data.packing_quantiles",
+             quantiles, "must be one or more values in (0, 1]")
     buckets = tuple(d.bucket_lengths)
     _require(all(0 < b <= m.max_len for b in buckets), "data.bucket_lengths", buckets,
              f"must lie in (0, config.model.max_len={m.max_len}]")

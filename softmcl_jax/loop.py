@@ -108,7 +108,8 @@ def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str],
         devices = sharding.batch_size_per_axis(mesh)
         rows = d.packing_rows or choose_rows(
             packing.lengths(encoded.arrays["attention_mask"]), batch_size=config.batch_size,
-            max_len=config.model.max_len, shards=devices, seed=config.seed)
+            max_len=config.model.max_len, shards=devices, seed=config.seed,
+            quantiles=tuple(d.packing_quantiles))
     pipeline = Pipeline(arrays, global_batch_size=config.batch_size, seed=config.seed,
                         masking=masking, prefetch=d.prefetch,
                         sharding=sharding.batch_sharding(mesh), packing_rows=rows,

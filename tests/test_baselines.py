@@ -37,6 +37,9 @@ TINY = {
     "batch_size": 8, "total_steps": 12, "model.max_len": 32, "data.max_examples": 64,
     "head.dim": 16, "optimizer.warmup_steps": 2, "optimizer.learning_rate": 1e-3,
     "probe.enabled": False, "data.prefetch": 0,
+    # The PyTorch baseline pads each sentence; the packed step's equality with the unpacked one
+    # is tests/test_packing.py's.
+    "data.packing": False,
 }
 # Queues of 2 batches: they fill, then wrap within the 5 steps. A cap of 3 MLM targets binds on
 # the longer sentences, so JAX's logits-at-3-positions meet PyTorch's logits everywhere.

@@ -47,7 +47,13 @@ def test_presets_plan_what_the_papers_need(name, terms, passes, heads, ema, froz
     assert tuple(h for h, _ in p.heads) == tuple(sorted(heads))
     assert (p.ema, p.frozen) == (ema, frozen)
     assert {q.name: q.size for q in p.queues} == queues
-    assert set(p.batch_keys) == {"input_ids", "attention_mask", "valid"} | extra_keys
+    # Packed by default: the encoder's ids come as packed rows, with the segment layout.
+    unpacked = {"input_ids", "attention_mask", "valid"} | extra_keys
+    packed = ({"packed_input_ids", "attention_mask", "valid", "segment_ids", "sentence_row",
+               "sentence_start"} | {objective.PACKED.get(k, k) for k in extra_keys})
+    assert set(p.batch_keys) == packed
+    plain = config_check.validate(preset(name, **{"data.packing": False}))
+    assert set(plain.batch_keys) == unpacked
     line = p.describe()
     assert f"frozen copy: {'yes' if frozen else 'no'}" in line
     assert f"momentum (EMA) copy: {'yes' if ema else 'no'}" in line
@@ -230,7 +236,8 @@ def test_each_pass_runs_once_however_many_terms_read_it(mix, tmp_path, model_dir
           f"forwards {calls}")
     assert len(calls) == len(the_plan.passes)
     assert len(calls) < reads if mix != "softcse+queue" else len(calls) == reads
-    assert sorted(calls) == sorted(((b * p.views, config.model.max_len), p.train)
+    rows = batch["packed_input_ids"].shape[0] if config.data.packing else b  # packed by default
+    assert sorted(calls) == sorted(((rows * p.views, config.model.max_len), p.train)
                                    for p in the_plan.passes)
 
 

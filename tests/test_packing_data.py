@@ -195,7 +195,7 @@ def test_pack_bad_arguments(vader, masking):
 # --- the pipeline ----------------------------------------------------------------------------
 
 def test_pipeline_packing_matches_the_unpacked_pipeline_and_is_deterministic(vader, masking):
-    rows = choose_rows(lengths(vader["attention_mask"]), batch_size=BATCH, max_len=MAX_LEN)
+    (rows,) = choose_rows(lengths(vader["attention_mask"]), batch_size=BATCH, max_len=MAX_LEN)
     plain = pipe(vader, masking)
     packed = pipe(vader, masking, packing_rows=rows)
     assert "packed into" in packed.describe()
@@ -312,15 +312,15 @@ def test_pipeline_packing_to_a_sharding(vader, masking):
 
 def test_choose_rows_on_vader(vader):
     lens = lengths(vader["attention_mask"])
-    rows = choose_rows(lens, batch_size=BATCH, max_len=MAX_LEN)
-    assert rows == choose_rows(lens, batch_size=BATCH, max_len=MAX_LEN)  # seeded
+    (rows,) = choose_rows(lens, batch_size=BATCH, max_len=MAX_LEN)
+    assert (rows,) == choose_rows(lens, batch_size=BATCH, max_len=MAX_LEN)  # seeded
     unpacked = lens.mean() / MAX_LEN
     packed = lens.mean() * BATCH / (rows * MAX_LEN)
     print(f"\nVADER ({len(lens)} sentences, mean {lens.mean():.1f} tokens): batch {BATCH}, "
           f"max_len {MAX_LEN} -> {rows} rows; real tokens {unpacked:.1%} unpacked, "
           f"{packed:.1%} packed")
     assert rows <= BATCH * 2 // 3 and packed > 1.5 * unpacked
-    sharded = choose_rows(lens, batch_size=BATCH, max_len=MAX_LEN, shards=4)
+    (sharded,) = choose_rows(lens, batch_size=BATCH, max_len=MAX_LEN, shards=4)
     print(f"shards=4: {sharded} rows")
     assert sharded % 4 == 0 and rows <= sharded <= BATCH
     # The chosen rows fit the pipeline's batches nearly always.
@@ -330,5 +330,33 @@ def test_choose_rows_on_vader(vader):
     print(f"overflow steps in 200: {p.overflow_steps}")
     assert p.overflow_steps <= 10
     # Never above the batch; lengths above max_len are clipped.
-    assert choose_rows(np.full(10, 100), batch_size=4, max_len=MAX_LEN) == 4
-    assert choose_rows(np.full(10, 3), batch_size=8, max_len=MAX_LEN, shards=2) == 2
+    assert choose_rows(np.full(10, 100), batch_size=4, max_len=MAX_LEN) == (4,)
+    assert choose_rows(np.full(10, 3), batch_size=8, max_len=MAX_LEN, shards=2) == (2,)
+    with pytest.raises(ValueError, match="quantiles"):
+        choose_rows(lens, batch_size=BATCH, max_len=MAX_LEN, quantiles=(0.0, 1.0))
+
+
+def test_choose_rows_quantiles_are_the_sampled_needs(vader):
+    """Several counts: ascending quantiles of the rows sampled batches need, the largest the
+    single count's; the pipeline puts each batch into the smallest that holds it."""
+    lens = lengths(vader["attention_mask"])
+    counts = choose_rows(lens, batch_size=BATCH, max_len=MAX_LEN, quantiles=(0.5, 0.9, 1.0))
+    assert list(counts) == sorted(set(counts)) and len(counts) >= 2
+    assert counts[-1] == choose_rows(lens, batch_size=BATCH, max_len=MAX_LEN)[0]
+    plain, tiered = pipe(vader, masking=None), pipe(vader, None, packing_rows=counts)
+    assert " or ".join(map(str, counts)) in tiered.describe()
+    used = []
+    for step in range(100):
+        idx = plain.global_indices(step)[0]
+        fits = [r for r in counts
+                if assign_rows(lens[idx], max_len=MAX_LEN, rows=r) is not None]
+        b = tiered.batch(step)
+        rows = b["segment_ids"].shape[0]
+        assert rows == (fits[0] if fits else BATCH), step  # the smallest that holds it
+        check_packed(plain.batch(step), b, rows)
+        used.append(rows)
+    # The median sampled need holds about half the batches: the smallest count is used often.
+    share = used.count(counts[0]) / len(used)
+    print(f"\ncounts {counts}: smallest used by {share:.0%} of 100 steps, mean rows "
+          f"{np.mean(used):.2f}")
+    assert 0.3 < share < 0.8 and np.mean(used) < counts[-1]

