@@ -51,7 +51,7 @@ sys.path.insert(0, ROOT)
 import report  # noqa: E402
 
 METHODS = ("simcse", "softcse", "softmcl", "retrofit", "lcl")
-LAYOUTS = ("unpacked", "packed", "bucketed")
+LAYOUTS = ("unpacked", "packed", "packed-fixed", "bucketed")
 LABELLED = ("retrofit", "lcl")
 NUM_LABELS = 5  # made-up classes: valence bins
 ST_VERSION = "sentence-transformers"
@@ -168,12 +168,13 @@ def config_for(method: str, *, model: str, batch: int, seq: int, csv_path: str,
     d.max_examples, d.prefetch, d.single_label_only = 0, 0, False
     if method in LABELLED:
         d.label_column, d.num_labels = "label", NUM_LABELS
-    if layout == "packed":
-        d.packing = True
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}, not one of {LAYOUTS}")
+    d.packing = layout.startswith("packed")
+    if layout == "packed-fixed":  # one static row count, the sampled worst case
+        d.packing_quantiles = (1.0,)
     elif layout == "bucketed":
         d.bucket_lengths = buckets(seq)
-    elif layout != "unpacked":
-        raise ValueError(f"unknown layout {layout!r}")
     return config
 
 
@@ -237,8 +238,9 @@ def prepare(args: argparse.Namespace, sides: list[str], out: str) -> dict[str, A
                  **{f"{i}/{k}": v for i, b in enumerate(batches) for k, v in b.items()})
         real = [real_tokens(b) for b in batches[1:]]
         info["fractions"][f"{method}:{layout}"] = sum(r for r, _ in real) / sum(t for _, t in real)
-        if layout == "packed":
-            info["rows"][method] = sorted({int(b["packed_input_ids"].shape[0]) for b in batches})
+        if layout.startswith("packed"):
+            info["rows"][f"{method}:{layout}"] = [int(b["packed_input_ids"].shape[0])
+                                                  for b in batches[1:]]
         if layout == "unpacked":
             dyn = [real_tokens(trim_to_longest(b)) for b in batches[1:]]
             info["fractions"][f"{method}:dynamic"] = (sum(r for r, _ in dyn)
@@ -564,8 +566,11 @@ def describe_side(side: str, args: argparse.Namespace, info: dict[str, Any]) -> 
     layout = parts[2]
     if layout == "unpacked":
         pad = f"to max_len {args.seq}"
-    elif layout == "packed":
-        pad = f"packed, {'/'.join(map(str, info['rows'][parts[1]]))} rows of {args.seq}"
+    elif layout.startswith("packed"):
+        rows = info["rows"][f"{parts[1]}:{layout}"]
+        counts = "/".join(map(str, sorted(set(rows))))
+        pad = (f"packed, {counts} rows of {args.seq}" if len(set(rows)) == 1 else
+               f"packed, {counts} rows of {args.seq} (mean {np.mean(rows):.1f})")
     else:
         pad = f"buckets {'/'.join(map(str, buckets(args.seq)))}"
     return SIDE_NAMES["jax"], pad

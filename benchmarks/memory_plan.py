@@ -110,6 +110,7 @@ def measured(remat: bool, batch: int, seq: int) -> tuple[dict[str, float], dict[
 
     c = softmcl.get_config()
     c.batch_size, c.model.max_len, c.model.remat = batch, seq, remat
+    c.data.packing = False  # the plan models B x L padded rows
     c.objective.soft_sentence.queue_size, c.objective.soft_word.queue_size = 1024, 4096
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     pretrained, _, model = loop.setup_model(c)

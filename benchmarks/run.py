@@ -70,6 +70,9 @@ def load_config(method: str, args: argparse.Namespace) -> Any:
     config.batch_size, config.model.max_len = args.batch, args.seq
     config.total_steps = 1000
     config.probe.enabled = False
+    # Both sides pad every sentence to max_len: this table compares the padded layout
+    # (benchmarks/compare_st.py has the packed one against dynamic padding).
+    config.data.packing = False
     if method in ("retrofit", "lcl"):  # labels are made up from valences (see prepare)
         config.data.source, config.data.path = "vader", ""
     return config
@@ -133,7 +136,8 @@ def jax_worker(method: str, prep: str, args: argparse.Namespace) -> dict[str, An
     import jax
     import optax
 
-    from softmcl_jax import evaluate, loop, objective, sharding, train
+    from softmcl_jax import loop, objective, sharding, train
+    from softmcl_jax.evaluation.embed import embed_sentences
 
     before = rss_mib()
     config = load_config("simcse" if method == "eval" else method, args)
@@ -142,10 +146,10 @@ def jax_worker(method: str, prep: str, args: argparse.Namespace) -> dict[str, An
         texts = json.load(open(os.path.join(prep, "texts.json")))
         kw = dict(max_len=args.seq, batch_size=64, pooling=config.model.pooling)
         t0 = time.perf_counter()
-        evaluate.embed_texts(pretrained, pretrained.params, tokenizer, texts, **kw)
+        embed_sentences(pretrained, pretrained.params, tokenizer, texts, **kw)
         first = time.perf_counter() - t0
         times = report.median_seconds(
-            lambda: evaluate.embed_texts(pretrained, pretrained.params, tokenizer, texts, **kw),
+            lambda: embed_sentences(pretrained, pretrained.params, tokenizer, texts, **kw),
             repeats=args.repeats, warmup=0)
         return dict(times=times, first=first, **_memory_jax(before))
 
@@ -351,8 +355,8 @@ def table(args: argparse.Namespace, res: dict[tuple[str, str], dict[str, Any]],
         j, t = res[("jax", "eval")], res[("torch", "eval")]
         mj, mt = report.median(j["times"]), report.median(t["times"])
         lines += ["", f"Evaluation embedding ({args.eval_texts} VADER sentences, batch 64, "
-                  f"padded to {args.seq}, inference mode; tokenising included): JAX "
-                  f"`evaluate.embed_texts` {mj:.2f} s ({args.eval_texts / mj:.0f} sentences/s; "
+                  f"length-bucketed up to {args.seq}, inference mode; tokenising included): "
+                  f"JAX `embed_sentences` {mj:.2f} s ({args.eval_texts / mj:.0f} sentences/s; "
                   f"first call with compilation {j['first']:.1f} s), PyTorch "
                   f"`TorchTrainer.embed` {mt:.2f} s ({args.eval_texts / mt:.0f} sentences/s); "
                   f"PyTorch / JAX time {mt / mj:.2f}x."]

@@ -3,6 +3,7 @@
     python benchmarks/scaling.py [--model minilm] [--parts batch,queue,length]
         [--batches 8,16,32,64,128,256] [--batch_methods simcse,softmcl] [--seq 64]
         [--queues 0,1024,4096,16384,65536] [--queue_batch 32]
+        [--layouts unpacked,packed]
         [--length_seq 128] [--length_batch 32] [--length_method simcse] [--long_tokens 100]
         [--repeats 3] [--png results/scaling.png] [--no_write] [--markdown BENCHMARKS.md]
 
@@ -19,6 +20,8 @@ set size (and, on an accelerator, the device's peak allocation).
 * ``queue``: SoftMCL at batch ``--queue_batch`` with K = ``--queues`` keys in both queues
   (``objective.soft_sentence.queue_size`` and ``objective.soft_word.queue_size``, each rounded up
   to a multiple of the keys it gets per step: the batch, and batch x max_words_per_sentence);
+* both in each of ``--layouts``: ``unpacked`` (every sentence padded to max_len) and ``packed``
+  (``data.packing`` with the default row counts, ``data.packing_quantiles``);
 * ``length``: ``--length_method`` at max_len ``--length_seq`` on short texts (VADER's tweets)
   and long ones (VADER's movie and product review sentences concatenated in file order up to
   ``--long_tokens`` tokens each), each unpacked (padded to max_len) and packed
@@ -117,13 +120,15 @@ def points(args: argparse.Namespace) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if "batch" in args.parts:
         for method in args.batch_methods:
-            for b in args.batches:
-                out.append(dict(part="batch", method=method, batch=b, seq=args.seq,
-                                queue=None, data="sample", layout="unpacked"))
+            for layout in args.layouts:
+                for b in args.batches:
+                    out.append(dict(part="batch", method=method, batch=b, seq=args.seq,
+                                    queue=None, data="sample", layout=layout))
     if "queue" in args.parts:
-        for k in args.queues:
-            out.append(dict(part="queue", method="softmcl", batch=args.queue_batch,
-                            seq=args.seq, queue=k, data="sample", layout="unpacked"))
+        for layout in args.layouts:
+            for k in args.queues:
+                out.append(dict(part="queue", method="softmcl", batch=args.queue_batch,
+                                seq=args.seq, queue=k, data="sample", layout=layout))
     if "length" in args.parts:
         for data in ("tweets", "reviews"):
             for layout in ("unpacked", "packed"):
@@ -163,28 +168,30 @@ def worker(spec: dict[str, Any], prep: str, args: argparse.Namespace) -> dict[st
     numpy_batches = [pipeline.batch(i) for i in range(args.repeats + 1)]
     batches = [run.put(b) for b in numpy_batches]
     t0 = time.perf_counter()
-    stats = run.compile(batches[0])
+    run.compile(batches[0])
     run(batches[0])
     first = time.perf_counter() - t0
     seen = {run.shapes(batches[0])}
-    for b in batches[1:]:  # any other shape (a packing overflow) compiles now, not when timed
+    for b in batches[1:]:  # any other shape (row counts, overflow) compiles now, not when timed
         if run.shapes(b) not in seen:
             seen.add(run.shapes(b))
             run.compile(b)
             run(b)
+    # The most any compiled shape needs: what the run must have room for.
+    xla_mib = max(cs.memory_mib(m) for m in run.memory.values())
     times = report.median_seconds(_stepper(run, batches[1:]), repeats=args.repeats, warmup=0)
     real = [cs.real_tokens(b) for b in numpy_batches[1:]]
     sentence_tokens = [int(b["attention_mask"].astype(bool).sum()) for b in numpy_batches[1:]]
     dev = jax.devices()[0]
     device_peak = (dev.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20
     return dict(spec, times=times, first=first, compile_s=run.compile_s,
-                programs=len(run.memory), xla_mib=cs.memory_mib(stats),
+                programs=len(run.memory), xla_mib=xla_mib,
                 peak_rss=cs.peak_rss_mib(), device_peak=device_peak, platform=dev.platform,
                 device_kind=dev.device_kind,
                 fraction=sum(r for r, _ in real) / sum(t for _, t in real),
                 tokens_per_sentence=sum(sentence_tokens) / (spec["batch"] * args.repeats),
-                rows=int(numpy_batches[1].get("packed_input_ids",
-                                              numpy_batches[1]["input_ids"]).shape[0]),
+                rows=float(np.mean([b.get("packed_input_ids", b["input_ids"]).shape[0]
+                                    for b in numpy_batches[1:]])),
                 queues=queues)
 
 
@@ -209,9 +216,9 @@ def run_point(spec: dict[str, Any], prep: str, args: argparse.Namespace,
 
 def label(r: dict[str, Any]) -> str:
     if r["part"] == "batch":
-        return f"batch: {r['method']} batch {r['batch']}"
+        return f"batch: {r['method']} {r['layout']} batch {r['batch']}"
     if r["part"] == "queue":
-        return f"queue: {r['method']} K {r['queue']}"
+        return f"queue: {r['method']} {r['layout']} K {r['queue']}"
     return f"length: {r['method']} {r['data']} {r['layout']}"
 
 
@@ -242,27 +249,39 @@ def med(r: dict[str, Any]) -> float:
 def slope_sentences(res: list[dict[str, Any]]) -> list[str]:
     out = []
     batch = [r for r in res if r["part"] == "batch"]
-    for method in dict.fromkeys(r["method"] for r in batch):
-        rs = sorted((r for r in batch if r["method"] == method), key=lambda r: r["batch"])
+    for method, layout in dict.fromkeys((r["method"], r["layout"]) for r in batch):
+        rs = sorted((r for r in batch if (r["method"], r["layout"]) == (method, layout)),
+                    key=lambda r: r["batch"])
         xs = [r["batch"] for r in rs]
         st, sm = (loglog_slope(xs, [med(r) for r in rs]),
                   loglog_slope(xs, [r["xla_mib"] for r in rs]))
         out.append(
-            f"* **Batch, {method}**: step time grows as batch^{fmt(st)} and XLA's memory "
+            f"* **Batch, {method}, {layout}**: step time grows as batch^{fmt(st)} and XLA's memory "
             f"estimate as batch^{fmt(sm)} (fitted log-log slopes over batch {xs[0]}-{xs[-1]}; "
             f"1 is linear): {med(rs[0]):.3g} s -> {med(rs[-1]):.3g} s per step, "
             f"{rs[0]['xla_mib']:.0f} -> {rs[-1]['xla_mib']:.0f} MiB "
             f"({med(rs[0]) / xs[0] * 1e3:.3g} -> {med(rs[-1]) / xs[-1] * 1e3:.3g} ms per "
             "sentence).")
-    queue = sorted((r for r in res if r["part"] == "queue"), key=lambda r: r["queue"])
-    if queue:
+    for method in dict.fromkeys(r["method"] for r in batch):
+        pairs = {(r["layout"], r["batch"]): r for r in batch if r["method"] == method}
+        gains = [(b, med(pairs["unpacked", b]) / med(pairs["packed", b]))
+                 for b in sorted({b for _, b in pairs})
+                 if ("unpacked", b) in pairs and ("packed", b) in pairs]
+        if gains:
+            out.append(f"* **Packing, {method}**: the packed step is "
+                       + ", ".join(f"{g:.2f}x" for _, g in gains) + " as fast as the unpacked "
+                       f"one at batch {'/'.join(str(b) for b, _ in gains)}.")
+    for layout in dict.fromkeys(r["layout"] for r in res if r["part"] == "queue"):
+        queue = sorted((r for r in res if r["part"] == "queue" and r["layout"] == layout),
+                       key=lambda r: r["queue"])
         ks = [r["queue"] for r in queue]
         lt = linear_slope(ks, [med(r) for r in queue])
         lm = linear_slope(ks, [r["xla_mib"] for r in queue])
         st = loglog_slope(ks, [med(r) for r in queue])
         out.append(
-            f"* **Queue, softmcl** (batch {queue[0]['batch']}): K = {ks[0]:,} -> {ks[-1]:,} keys "
-            f"in each queue takes the step from {med(queue[0]):.3g} s to {med(queue[-1]):.3g} s "
+            f"* **Queue, softmcl, {layout}** (batch {queue[0]['batch']}): K = {ks[0]:,} -> "
+            f"{ks[-1]:,} keys in each queue takes the step from {med(queue[0]):.3g} s to "
+            f"{med(queue[-1]):.3g} s "
             f"and XLA's estimate from {queue[0]['xla_mib']:.0f} to {queue[-1]['xla_mib']:.0f} "
             f"MiB; linear fits: {fmt(None if lt is None else lt * 1024e3, '.3g')} ms and "
             f"{fmt(None if lm is None else lm * 1024, '.3g')} MiB per 1,024 keys; log-log slope "
@@ -285,7 +304,7 @@ def slope_sentences(res: list[dict[str, Any]]) -> list[str]:
             if u and p:
                 parts.append(f"packing makes the {data} step {med(u) / med(p):.2f}x as fast "
                              f"(real tokens {u['fraction']:.0%} -> {p['fraction']:.0%}, "
-                             f"{u['rows']} -> {p['rows']} rows)")
+                             f"{u['rows']:.0f} -> {p['rows']:.3g} rows on average)")
         if parts:
             out.append(f"* **Length, {length[0]['method']}** (batch {length[0]['batch']}, "
                        f"max_len {length[0]['seq']}): " + "; ".join(parts) + ".")
@@ -337,14 +356,15 @@ def plot(res: list[dict[str, Any]], png: str) -> None:
 
     fig, ax = plt.subplots(2, 3, figsize=(15, 8.5))
     batch = [r for r in res if r["part"] == "batch"]
-    for i, method in enumerate(dict.fromkeys(r["method"] for r in batch)):
-        rs = sorted((r for r in batch if r["method"] == method), key=lambda r: r["batch"])
+    methods = list(dict.fromkeys(r["method"] for r in batch))
+    for method, layout in dict.fromkeys((r["method"], r["layout"]) for r in batch):
+        rs = sorted((r for r in batch if (r["method"], r["layout"]) == (method, layout)),
+                    key=lambda r: r["batch"])
         xs = [r["batch"] for r in rs]
-        c = f"C{i}"
-        ax[0, 0].plot(xs, [med(r) for r in rs], "o-", color=c, label=method)
-        ax[1, 0].plot(xs, [r["xla_mib"] for r in rs], "o-", color=c, label=f"{method} (XLA)")
-        ax[1, 0].plot(xs, [r["peak_rss"] for r in rs], "x--", color=c,
-                      label=f"{method} (peak RSS)")
+        c, line = f"C{methods.index(method)}", "-" if layout == "unpacked" else ":"
+        ax[0, 0].plot(xs, [med(r) for r in rs], "o" + line, color=c, label=f"{method} {layout}")
+        ax[1, 0].plot(xs, [r["xla_mib"] for r in rs], "o" + line, color=c,
+                      label=f"{method} {layout} (XLA)")
     for a in ax[:, 0]:
         a.set_xscale("log", base=2)
         a.set_yscale("log")
@@ -353,15 +373,18 @@ def plot(res: list[dict[str, Any]], png: str) -> None:
         if xs:
             a.set_xticks(xs, [str(x) for x in xs])
     ax[0, 0].set_title("step time vs batch")
-    ax[1, 0].set_title("memory vs batch")
+    ax[1, 0].set_title("memory (XLA) vs batch")
 
     queue = sorted((r for r in res if r["part"] == "queue"), key=lambda r: r["queue"])
+    for layout in dict.fromkeys(r["layout"] for r in queue):
+        rs = [r for r in queue if r["layout"] == layout]
+        ks = [r["queue"] for r in rs]
+        line = "-" if layout == "unpacked" else ":"
+        ax[0, 1].plot(ks, [med(r) for r in rs], "o" + line, color="C1", label=f"softmcl {layout}")
+        ax[1, 1].plot(ks, [r["xla_mib"] for r in rs], "o" + line, color="C1",
+                      label=f"softmcl {layout} (XLA)")
     if queue:
-        ks = [r["queue"] for r in queue]
-        ax[0, 1].plot(ks, [med(r) for r in queue], "o-", color="C1", label="softmcl")
-        ax[1, 1].plot(ks, [r["xla_mib"] for r in queue], "o-", color="C1", label="softmcl (XLA)")
-        ax[1, 1].plot(ks, [r["peak_rss"] for r in queue], "x--", color="C1",
-                      label="softmcl (peak RSS)")
+        ks = sorted({r["queue"] for r in queue})
         for a in ax[:, 1]:
             a.set_xscale("symlog", linthresh=max(min([k for k in ks if k > 0], default=1), 1))
             a.set_xticks(ks, [f"{k // 1024}k" if k >= 1024 and k % 1024 == 0 else str(k)
@@ -369,7 +392,7 @@ def plot(res: list[dict[str, Any]], png: str) -> None:
             a.minorticks_off()
             a.set_xlabel("queue size K (keys in each queue)")
     ax[0, 1].set_title(f"step time vs queue (batch {queue[0]['batch'] if queue else '-'})")
-    ax[1, 1].set_title("memory vs queue")
+    ax[1, 1].set_title("memory (XLA) vs queue")
 
     length = [r for r in res if r["part"] == "length"]
     datas = list(dict.fromkeys(r["data"] for r in length))
@@ -415,6 +438,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=64, help="max_len of the batch and queue curves")
     p.add_argument("--queues", default="0,1024,4096,16384,65536")
     p.add_argument("--queue_batch", type=int, default=32)
+    p.add_argument("--layouts", default="unpacked,packed",
+                   help="layouts of the batch and queue curves (the length curve has both)")
     p.add_argument("--length_seq", type=int, default=128)
     p.add_argument("--length_batch", type=int, default=32)
     p.add_argument("--length_method", default="simcse")
@@ -435,6 +460,9 @@ def main() -> None:
     args.parts = [x for x in args.parts.split(",") if x]
     args.batches, args.queues = ints(args.batches), ints(args.queues)
     args.batch_methods = [m for m in args.batch_methods.split(",") if m]
+    args.layouts = [x for x in args.layouts.split(",") if x]
+    if set(args.layouts) - {"unpacked", "packed"}:
+        p.error(f"--layouts: unpacked and/or packed, not {args.layouts}")
     bad = (set(args.parts) - set(PARTS)) or (
         set(args.batch_methods + [args.length_method]) - set(cs.METHODS))
     if bad:

@@ -2,6 +2,7 @@
 
     python benchmarks/step_mfu.py --random bert-base --batch 256 --seq 128 --dtype bfloat16
     python benchmarks/step_mfu.py --random deberta-v3-base --batch 256 --seq 128 --dtype bfloat16
+    python benchmarks/step_mfu.py --random bert-base --packing     # the same sentences, packed
 
 The whole step that ``main.py`` runs (``train.jit_train_step``: online forward+backward with MLM at
 the masked positions, momentum forward, sentence- and word-level soft contrast against the queues,
@@ -9,12 +10,17 @@ clipping, AdamW, EMA, queue writes; state donated) from ``configs/softmcl.py`` w
 batch, sequence and dtype replaced. Random weights in the real shapes (throughput does not depend
 on the values) and a synthetic batch: lengths S/4..S, MLM at 15% capped at
 ``data.mlm_max_predictions`` (scaled with S: 20 per 128), a lexicon valence on 20% of tokens.
+With ``--packing`` the same sentences are packed (``softmcl_jax.data.packing``) into the fewest
+rows that hold every timed batch (one static shape).
 
 Model FLOPs per step = online encoder forward+backward (3x forward, every position, as
 ``benchmarks/encoder.py`` counts them) + the momentum forward (1x) + the MLM head's transform and
 decoder at the M predicted positions per row (3x forward). Projection heads and losses (< 1%) are
 not counted, nor DeBERTa's c2p/p2c score products, so DeBERTa's MFU is a lower bound. MFU is
-against the device's dense bf16 peak (``encoder.PEAK_BF16_FLOPS``); CPUs have no entry.
+against the device's dense bf16 peak (``encoder.PEAK_BF16_FLOPS``); CPUs have no entry. "MFU
+on real tokens" counts only the real tokens' share of those FLOPs (B x S slots of which a
+fraction are sentences' tokens): the work a perfect layout would do, so padded and packed steps
+compare on the same useful work.
 
 On an accelerator host without ml_collections (the device tool's machines), carry a folder
 holding it and put it on PYTHONPATH. Writes a BENCHMARKS.md section unless --no_write.
@@ -49,6 +55,7 @@ def softmcl_config(args: argparse.Namespace, path: str):
     o.soft_sentence.queue_size = args.batch * 32
     o.soft_word.queue_size = args.batch * o.soft_word.max_words_per_sentence * 16
     config.probe.enabled = False
+    config.data.packing = args.packing
     return config
 
 
@@ -74,6 +81,16 @@ def synthetic_batch(config, vocab: int, step: int) -> dict[str, np.ndarray]:
             "token_valence_mask": rated}
 
 
+def pack_batches(batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The batches packed into the fewest rows that hold each of them, one row count for all."""
+    from softmcl_jax.data import packing
+
+    b, s = batches[0]["input_ids"].shape
+    need = max(int(packing.assign_rows(packing.lengths(x["attention_mask"]), max_len=s,
+                                       rows=b)[0].max()) + 1 for x in batches)
+    return [packing.pack(x, rows=need, pad_id=0) for x in batches]
+
+
 def step_flops(hf_config, batch: int, seq: int, predictions: int) -> float:
     online = encoder.train_flops(hf_config, batch, seq)
     momentum = online / 3
@@ -89,6 +106,7 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     p.add_argument("--remat", action="store_true")
+    p.add_argument("--packing", action="store_true", help="pack the sentences (data.packing)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no_write", action="store_true", help="print only")
     p.add_argument("--markdown", default=report.BENCHMARKS_MD)
@@ -108,6 +126,13 @@ def main() -> None:
     state = init()
     vocab = pretrained.config.vocab_size
     batches = [synthetic_batch(config, vocab, i) for i in range(args.repeats + 1)]
+    real = sum(int(b["attention_mask"].sum()) for b in batches) / (
+        len(batches) * args.batch * args.seq)
+    if args.packing:
+        batches = pack_batches(batches)
+    keys = objective.plan(config).batch_keys
+    batches = [{k: b[k] for k in keys} for b in batches]
+    rows = batches[0]["packed_input_ids" if args.packing else "input_ids"].shape[0]
 
     def run(i: int) -> float:
         nonlocal state
@@ -121,27 +146,33 @@ def main() -> None:
     compile_s = run(0)
     times = sorted(run(i) for i in range(1, args.repeats + 1))
     med = report.median(times)
-    flops = step_flops(pretrained.config, args.batch, args.seq,
-                       config.data.mlm_max_predictions)
+    # The encoder runs on rows x seq slots (packed: fewer rows); MLM on the same predictions.
+    flops = step_flops(pretrained.config, rows, args.seq, config.data.mlm_max_predictions)
+    useful = real * step_flops(pretrained.config, args.batch, args.seq,
+                               config.data.mlm_max_predictions)
     dev = jax.devices()[0]
     peak = encoder.PEAK_BF16_FLOPS.get(dev.device_kind)
     where = "CPU" if dev.platform == "cpu" else dev.device_kind
     mfu = f"{flops / med / peak:.1%}" if peak else "n/a (no peak figure for this device)"
+    mfu_real = f"{useful / med / peak:.1%}" if peak else "n/a"
+    layout = (f"packed into {rows} rows" if args.packing else "padded") + (
+        f" ({real * args.batch * args.seq / (rows * args.seq):.0%} real tokens)")
     lines = [
         f"SoftMCL train step, {args.random} (random weights), batch {args.batch} x seq "
         f"{args.seq}, {args.dtype}{', remat' if args.remat else ''}, MLM at "
         f"{config.data.mlm_max_predictions} positions per row, queues "
-        f"{config.objective.soft_sentence.queue_size}/{config.objective.soft_word.queue_size}; "
-        f"median of {args.repeats} after the compiling call.",
+        f"{config.objective.soft_sentence.queue_size}/{config.objective.soft_word.queue_size}, "
+        f"{layout}; median of {args.repeats} after the compiling call.",
         "",
         f"Machine: {report.machine()}. Versions: "
         f"{report.versions('jax', 'jaxlib', 'flax', 'optax')}.",
         "",
-        "| s/step (median) | min s | steps/s | sequences/s | model TFLOP/step | TFLOP/s | MFU "
-        "| compile s |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| {med:.4f} | {times[0]:.4f} | {1 / med:.2f} | {args.batch / med:.1f} | "
-        f"{flops / 1e12:.3f} | {flops / med / 1e12:.2f} | {mfu} | {compile_s:.1f} |",
+        "| layout | s/step (median) | min s | steps/s | sequences/s | model TFLOP/step | "
+        "TFLOP/s | MFU | MFU on real tokens | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {'packed' if args.packing else 'padded'} | {med:.4f} | {times[0]:.4f} | "
+        f"{1 / med:.2f} | {args.batch / med:.1f} | {flops / 1e12:.3f} | "
+        f"{flops / med / 1e12:.2f} | {mfu} | {mfu_real} | {compile_s:.1f} |",
     ]
     table = "\n".join(lines)
     print(table)

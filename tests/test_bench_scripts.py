@@ -45,16 +45,31 @@ def model_dir(tmp_path_factory) -> str:
 
 def test_sides_and_their_groups():
     sides = compare_st.select_sides("jax:simcse:*,st:*,torch:lcl,jax:lcl:packed")
-    assert sides == ["jax:simcse:unpacked", "jax:simcse:packed", "jax:simcse:bucketed",
-                     "jax:lcl:packed", "st:mnrl", "st:triplet", "torch:lcl"]
+    assert sides == ["jax:simcse:unpacked", "jax:simcse:packed", "jax:simcse:packed-fixed",
+                     "jax:simcse:bucketed", "jax:lcl:packed", "st:mnrl", "st:triplet",
+                     "torch:lcl"]
     assert compare_st.groups(sides) == [
         ("simcse", ["st:mnrl", "jax:simcse:unpacked", "jax:simcse:packed",
-                    "jax:simcse:bucketed"]),
+                    "jax:simcse:packed-fixed", "jax:simcse:bucketed"]),
         ("lcl", ["st:triplet", "jax:lcl:packed", "torch:lcl"])]
-    assert len(compare_st.select_sides("*")) == 5 * 3 + 2 + 5
+    assert len(compare_st.select_sides("*")) == 5 * 4 + 2 + 5
     with pytest.raises(ValueError, match="matches none"):
         compare_st.select_sides("jax:nope:*")
     assert compare_st.buckets(64) == (16, 32, 48, 64)
+
+
+def test_layouts_set_the_packing_fields():
+    """Packing is the preset default, so the unpacked and bucketed sides must turn it off."""
+    kw = dict(model="minilm", batch=8, seq=32, csv_path="x.csv")
+    got = {lay: compare_st.config_for("simcse", layout=lay, **kw).data
+           for lay in compare_st.LAYOUTS}
+    assert [got[lay].packing for lay in compare_st.LAYOUTS] == [False, True, True, False]
+    assert tuple(got["packed-fixed"].packing_quantiles) == (1.0,)
+    assert len(got["packed"].packing_quantiles) > 1
+    assert tuple(got["bucketed"].bucket_lengths) == compare_st.buckets(32)
+    assert not got["packed"].bucket_lengths
+    with pytest.raises(ValueError, match="unknown layout"):
+        compare_st.config_for("simcse", layout="rolled", **kw)
 
 
 def test_dynamic_padding_cuts_padding_only():
@@ -106,9 +121,10 @@ def test_scaling_runs(model_dir, tmp_path):
                "--repeats", "2", "--sentences", "64", "--png", str(png), "--no_write",
                "--markdown", str(tmp_path / "BENCHMARKS.md"))
     assert "| curve | method | batch |" in out
-    for line in ("* **Batch, simcse**", "* **Queue, softmcl**", "* **Length, simcse**",
-                 "| queue | softmcl | 8 | 32 | 32, 32 |", "| length | simcse | 8 | 32 | - | "
-                 "reviews | packed |"):
+    for line in ("* **Batch, simcse, unpacked**", "* **Batch, simcse, packed**",
+                 "* **Queue, softmcl, unpacked**", "* **Queue, softmcl, packed**",
+                 "* **Length, simcse**", "| queue | softmcl | 8 | 32 | 32, 32 | sample | packed |",
+                 "| length | simcse | 8 | 32 | - | reviews | packed |"):
         assert line in out, out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "BENCHMARKS.md").exists()  # --no_write

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -22,7 +23,7 @@ def test_model_flops_are_the_matmul_share_of_xlas_count():
     """XLA's cost analysis of the compiled SoftMCL step counts every op (layer norms, softmaxes,
     heads, losses, AdamW); our model-FLOPs count is its matmuls. Leaving out the momentum forward
     or the MLM head would drop ours below 80% of XLA's; double counting would exceed it."""
-    args = argparse.Namespace(dtype="float32", remat=False, batch=8, seq=32)
+    args = argparse.Namespace(dtype="float32", remat=False, batch=8, seq=32, packing=False)
     path = encoder.random_checkpoint("tiny-bert")
     config = step_mfu.softmcl_config(args, path)
     pre = from_pretrained(path, seed=0)
@@ -46,4 +47,35 @@ def test_script_runs_on_cpu():
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     row = out.stdout.strip().splitlines()[-1].split("|")
-    assert float(row[1]) > 0 and "n/a" in row[7]  # no bf16 peak figure for a CPU
+    assert row[1].strip() == "padded" and float(row[2]) > 0
+    assert "n/a" in row[8] and "n/a" in row[9]  # no bf16 peak figure for a CPU
+
+
+def test_packed_batches_hold_the_same_sentences():
+    """--packing feeds the step the synthetic sentences packed: each sentence's tokens appear
+    once in its row at its start, in the fewest rows that hold every batch."""
+    from softmcl_jax.data import packing
+
+    args = argparse.Namespace(dtype="float32", remat=False, batch=16, seq=32, packing=True)
+    config = step_mfu.softmcl_config(args, encoder.random_checkpoint("tiny-bert"))
+    plain = [step_mfu.synthetic_batch(config, 1000, i) for i in range(3)]
+    packed = step_mfu.pack_batches(plain)
+    rows = packed[0]["packed_input_ids"].shape[0]
+    assert all(b["packed_input_ids"].shape == (rows, 32) for b in packed) and rows < 16
+    for a, b in zip(plain, packed, strict=True):
+        lens = packing.lengths(a["attention_mask"])
+        back = packing.unpack(b["packed_input_ids"], b["sentence_row"], b["sentence_start"],
+                              lens)
+        np.testing.assert_array_equal(back, a["input_ids"])
+    assert set(objective.plan(config).batch_keys) <= set(packed[0])
+
+
+def test_script_runs_packed_on_cpu():
+    out = subprocess.run(
+        [sys.executable, "benchmarks/step_mfu.py", "--random", "tiny-bert", "--batch", "8",
+         "--seq", "32", "--dtype", "float32", "--repeats", "2", "--no_write", "--packing"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "packed into" in out.stdout
+    row = out.stdout.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == "packed" and float(row[2]) > 0
