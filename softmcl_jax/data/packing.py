@@ -247,7 +247,7 @@ def segment_positions(segment_ids: np.ndarray) -> np.ndarray:
 
 def choose_rows(
     lengths: np.ndarray, *, batch_size: int, max_len: int, shards: int = 1, seed: int = 0,
-    samples: int = 200, quantiles: tuple[float, ...] = (1.0,),
+    samples: int = 1000, quantiles: tuple[float, ...] = (1.0,),
 ) -> tuple[int, ...]:
     """Static numbers of packed rows per step, from the data's length distribution.
 
@@ -263,9 +263,10 @@ def choose_rows(
     tail (VADER, batch 32 at max_len 64: 13 rows or fewer for 56% of batches, 17 or more for
     0.6%), so one shape sized for the tail pads the typical batch; with counts at the 0.5, 0.9
     and 1.0 quantiles each batch takes the smallest that holds it, at the price of one compiled
-    program per count. A batch needing more than the largest is rare; the pipeline packs such a
-    batch one sentence per row instead (a further static shape, rows = batch size), and counts
-    it.
+    program per count. A batch needing more than the largest is rare (the largest is the most of
+    1000 samples: about 1 batch in 1000 or fewer needs more); the pipeline packs such a batch
+    one sentence per row instead (a further static shape, rows = batch size, compiled when first
+    needed), and counts it.
 
     Args:
       lengths: (N,) real tokens of every sentence (:func:`lengths`); values above ``max_len``
