@@ -92,7 +92,10 @@ def make_data(folder: str, *, with_test: bool, n: int = 48, seed: int = 0) -> st
     emo = ["id,split,V,A,D,text"]
     for split in splits:
         for i, (p, t) in enumerate(_sentences(rng, n)):
-            emo.append(f"fx_{split}_{i},{split},{1.5 + p * 0.75:.2f},3.0,3.0,\"{t}\"")
+            # Arousal follows the polarity's strength, dominance its sign with noise: each
+            # probe has something to find.
+            a, d = 1.5 + abs(p - 2) * 1.2 + rng.random() * 0.3, 2.5 + p * 0.4 + rng.random() * 0.8
+            emo.append(f"fx_{split}_{i},{split},{1.5 + p * 0.75:.2f},{a:.2f},{d:.2f},\"{t}\"")
     put("emobank/emobank.csv", "\n".join(emo) + "\n")
     header = (",Word,V.Mean.Sum,V.SD.Sum,V.Rat.Sum,A.Mean.Sum,A.SD.Sum,A.Rat.Sum,D.Mean.Sum,"
               "D.SD.Sum,D.Rat.Sum")
@@ -265,6 +268,9 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys, with_test):
     assert {"ami", "ari", "fms", "mrr", "p_at_1", "map_at_r"} <= set(got["goemotions"])
     # Sizes: the capped scored split (emobank: 48 rows per split, capped at 40).
     assert got["emobank"]["n"] == 40 and got["sst5"]["n"] == 40
+    # Arousal and dominance: the same sentences as valence, their own targets.
+    assert got["emobank_arousal"]["n"] == got["emobank_dominance"]["n"] == 40
+    assert got["emobank_arousal"]["pearson"] != got["emobank"]["pearson"]
     if with_test:
         assert got["semeval14_laptops"]["n"] == 40  # Test, capped
     else:

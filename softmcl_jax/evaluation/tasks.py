@@ -11,6 +11,8 @@ sst2_finetune,            full fine-tuning, encoder + linear head (slow; not in 
 sst5_finetune             default list)                                               macro_f1
 emobank                   ridge probe of sentence valence                             pearson,
                                                                                       spearman
+emobank_arousal,          ridge probes of sentence arousal and dominance (EmoBank's   pearson,
+emobank_dominance         A and D columns), the valence probe's protocol              spearman
 warriner                  ridge probe of word valence; the word alone through the     pearson,
                           encoder, mean over its sub-tokens                           spearman
 semeval14_laptops,        logistic-regression probe on [sentence vector ; mean of     acc,
@@ -168,18 +170,22 @@ def sst_finetune(ctx: Context, name: str) -> TaskResult:
 # --- (b, c) valence regression ---------------------------------------------------------------
 
 def _ridge(name: str, d: D.TaskData, embed: Callable[[list[str], str], np.ndarray],
-           what: str) -> TaskResult:
+           what: str, target: str = "valence") -> TaskResult:
     x = [embed([s.text for s in part], f"{name} {role}")
          for role, part in (("train", d.train), ("select", d.select), ("eval", d.eval))]
-    y = [np.asarray([s.valence for s in part]) for part in (d.train, d.select, d.eval)]
+    y = [np.asarray([getattr(s, target) for s in part]) for part in (d.train, d.select, d.eval)]
     r = ridge_probe(x[0], y[0], x[1], y[1], x[2], y[2])
     return TaskResult(name, d.eval_split, len(d.eval), r.metrics,
                       f"ridge on {what}, alpha={r.chosen:g}; {_selection_note(d)}")
 
 
 def emobank(ctx: Context, name: str) -> TaskResult:
+    """Valence, or with ``name`` emobank_arousal / emobank_dominance that dimension: the same
+    sentences, splits and probe (the SoftMCL paper's open question on A and D)."""
     d = D.load_emobank(ctx.config.data_dir, ctx.config.max_examples)
-    return _ridge(name, d, ctx.encoder.sentences, f"{ctx.encoder.pooling}-pooled sentences")
+    target = name.partition("_")[2] or "valence"
+    return _ridge(name, d, ctx.encoder.sentences, f"{ctx.encoder.pooling}-pooled sentences",
+                  target)
 
 
 def warriner(ctx: Context, name: str) -> TaskResult:
@@ -241,6 +247,8 @@ TASKS: dict[str, Callable[[Context, str], TaskResult]] = {
     "sst2": sst_probe,
     "sst5": sst_probe,
     "emobank": emobank,
+    "emobank_arousal": emobank,
+    "emobank_dominance": emobank,
     "warriner": warriner,
     "semeval14_laptops": semeval14,
     "semeval14_restaurants": semeval14,
