@@ -60,6 +60,9 @@ def get_base() -> ml_collections.ConfigDict:
     c.data.on_bad_row = "raise"  # or "skip" (skipped rows are counted and reported)
     c.data.max_examples = 0  # 0 = all
     c.data.lexicon = "none"  # vader | none | path to a Warriner-format CSV
+    # A word list (one per line): only these words of the lexicon give word labels ("" = all),
+    # e.g. Warriner's splits/train.txt, so that its dev/test words stay unseen by training.
+    c.data.lexicon_words = ""
     c.data.assign = "first"  # word valence on the first sub-token or on "all" of them
     c.data.neutral_band = 0.0
     c.data.mlm_rate = 0.0  # > 0 adds MLM corruption to each batch

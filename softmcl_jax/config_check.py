@@ -64,6 +64,9 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
                          "set one (packing is on by default: bucket_lengths needs "
                          "--config.data.packing=False)")
     _require(d.packing_rows >= 0, "data.packing_rows", d.packing_rows, "must be >= 0 (0 = chosen)")
+    if d.lexicon_words and d.lexicon in ("none", ""):
+        raise ValueError(f"config.data.lexicon_words={d.lexicon_words!r} restricts a lexicon, but "
+                         "config.data.lexicon='none': set the lexicon too")
     quantiles = tuple(d.packing_quantiles)
     _require(len(quantiles) > 0 and all(0 < q <= 1 for q in quantiles), "data.packing_quantiles",
              quantiles, "must be one or more values in (0, 1]")

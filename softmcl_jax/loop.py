@@ -87,9 +87,10 @@ def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str],
     if d.max_examples:
         sentences = sentences[: d.max_examples]
     encoded = encode_sentences(
-        sentences, tokenizer, sources.load_lexicon(d.lexicon), max_len=config.model.max_len,
-        assign=d.assign, neutral_band=d.neutral_band,
-        affect_lexicons=sources.load_affect_lexicons(d.lexicon, _token_dims(the_plan, config)))
+        sentences, tokenizer, sources.load_lexicon(d.lexicon, d.lexicon_words),
+        max_len=config.model.max_len, assign=d.assign, neutral_band=d.neutral_band,
+        affect_lexicons=sources.load_affect_lexicons(d.lexicon, _token_dims(the_plan, config),
+                                                     d.lexicon_words))
     log.info("data: %d training sentences; %s", len(sentences), encoded.stats.summary())
     objective.check_data(the_plan, encoded.arrays, config)
     masking = (MaskingConfig.from_tokenizer(tokenizer, rate=d.mlm_rate,

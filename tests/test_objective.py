@@ -188,12 +188,11 @@ def mix_config(name: str, tmp_path, model_dir: str):
     elif name == "softcse+queue":
         c = preset("softcse", **TINY)
         c.objective.softcse.update(key="ema/clean", queue_size=32)
-    elif name == "vad":
-        c = preset("softmcl", **TINY)
-        c.data.update(source="emobank", path=emobank_csv(str(tmp_path / "eb.csv")),
-                      lexicon=warriner_csv(str(tmp_path / "w.csv")))
-        for t in (c.objective.soft_sentence, c.objective.soft_word):
-            t.labels, t.label_weights = ("valence", "arousal", "dominance"), (1.0, 0.5, 0.5)
+    elif name == "vad":  # the V/A/D preset, on its train words only
+        c = preset("softmcl_vad", **TINY)
+        lexicon = warriner_csv(str(tmp_path / "w.csv"))
+        c.data.update(path=emobank_csv(str(tmp_path / "eb.csv")), lexicon=lexicon,
+                      lexicon_words=train_words(lexicon, str(tmp_path / "train.txt")))
     else:
         raise ValueError(name)
     c.model.name_or_path = model_dir
@@ -201,6 +200,36 @@ def mix_config(name: str, tmp_path, model_dir: str):
 
 
 MIXES = ["softmcl+vsp", "soft_sentence+supcon", "softcse+queue", "vad"]
+
+
+def train_words(lexicon_csv: str, path: str) -> str:
+    """Every other word of a Warriner-format CSV (plus one it lacks), one per line."""
+    from softmcl_jax.data import sources
+
+    words = sorted(sources.load_lexicon(lexicon_csv))[::2] + ["notawordatall"]
+    with open(path, "w") as f:
+        f.write("\n".join(words) + "\n")
+    return path
+
+
+def test_lexicon_words_keep_only_the_listed_words(tmp_path):
+    """data.lexicon_words: the word labels of every dimension come from the listed words only
+    (Warriner's dev/test words stay unseen by training)."""
+    from softmcl_jax.data import sources
+
+    lexicon = warriner_csv(str(tmp_path / "w.csv"))
+    words = train_words(lexicon, str(tmp_path / "train.txt"))
+    full = sources.load_lexicon(lexicon)
+    listed = set(open(words).read().split())
+    kept = sources.load_lexicon(lexicon, words)
+    assert kept == {w: v for w, v in full.items() if w in listed} and 0 < len(kept) < len(full)
+    affect = sources.load_affect_lexicons(lexicon, ("arousal", "dominance"), words)
+    assert all(set(a) == set(kept) for a in affect.values())
+    assert set(sources.load_lexicon("vader", words)) <= listed
+    with pytest.raises(ValueError, match=r"config.data.lexicon_words='/no/such.txt': cannot read"):
+        sources.load_lexicon(lexicon, "/no/such.txt")
+    with pytest.raises(ValueError, match=r"config.data.lexicon_words='x.txt' restricts a lexicon"):
+        config_check.validate(preset("simcse", **{"data.lexicon_words": "x.txt"}))
 
 
 def _setup(config):
@@ -384,7 +413,7 @@ def _flat_keys(config, prefix=""):
     return out
 
 
-@pytest.mark.parametrize("name", ["softmcl", "simcse", "softcse", "retrofit", "lcl"])
+@pytest.mark.parametrize("name", ["softmcl", "simcse", "softcse", "retrofit", "lcl", "softmcl_vad"])
 def test_presets_only_set_fields_that_base_declares(name):
     """A preset that added a field would be a hidden default: base.py declares every field."""
     base = runpy.run_path(os.path.join(tu.ROOT, "configs", "base.py"))["get_base"]()

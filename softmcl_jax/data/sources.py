@@ -71,23 +71,47 @@ def load_sentences(d: ml_collections.ConfigDict) -> list[Sentence]:
     raise ValueError(f"config.data.source={src!r} is not one of {SOURCES}")
 
 
-def load_lexicon(name: str) -> dict[str, float]:
-    """``vader`` (shipped), ``none`` (no word valences) or a Warriner-format CSV path."""
+def load_lexicon(name: str, words: str = "") -> dict[str, float]:
+    """``vader`` (shipped), ``none`` (no word valences) or a Warriner-format CSV path; with
+    ``words`` (``config.data.lexicon_words``) only the words that file lists."""
     if name == "vader":
-        return load_vader_lexicon()
+        return restrict(load_vader_lexicon(), words)
     if name in ("none", ""):
         return {}
-    return readers.read_warriner(name)
+    return restrict(readers.read_warriner(name), words)
 
 
-def load_affect_lexicons(name: str, dims: Sequence[str]) -> dict[str, dict[str, float]]:
+def read_word_list(path: str) -> set[str]:
+    """One word per line (blank lines skipped), as Warriner's splits/*.txt are."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return {w.strip() for w in f if w.strip()}
+    except OSError as e:
+        raise ValueError(f"config.data.lexicon_words={path!r}: cannot read it ({e})") from None
+
+
+def restrict(lexicon: dict[str, float], words: str) -> dict[str, float]:
+    """``lexicon`` limited to the words listed in the file ``words`` ("" keeps every word):
+    training on some words of a lexicon keeps the others unseen for a word-level probe."""
+    if not words:
+        return lexicon
+    listed = read_word_list(words)
+    kept = {w: v for w, v in lexicon.items() if w in listed}
+    log.info("lexicon: kept the %d of %d words listed in %s (%d listed words not in it)",
+             len(kept), len(lexicon), words, len(listed - kept.keys()))
+    return kept
+
+
+def load_affect_lexicons(name: str, dims: Sequence[str], words: str = ""
+                         ) -> dict[str, dict[str, float]]:
     """``{dim: {word: value in [0, 1]}}`` for each of ``dims`` other than ``"valence"``.
 
     ``dims`` are names among :data:`AFFECT_DIMS`; valence itself is :func:`load_lexicon`'s (the
     word lexicon that finds the words), so asking for it alone gives ``{}``. ``name`` is
     ``config.data.lexicon``: a Warriner-format CSV path gives arousal from ``A.Mean.Sum`` and
     dominance from ``D.Mean.Sum`` (1..9, mapped to [0, 1]). ``vader`` and ``none`` have valence
-    only: asking them for another dimension raises ``ValueError``.
+    only: asking them for another dimension raises ``ValueError``. ``words`` restricts each as
+    :func:`load_lexicon` does.
     """
     unknown = [d for d in dims if d not in AFFECT_DIMS]
     if unknown:
@@ -100,7 +124,8 @@ def load_affect_lexicons(name: str, dims: Sequence[str]) -> dict[str, dict[str, 
             f"config.data.lexicon={name!r} has valence only, but word-level {', '.join(wanted)} "
             "was asked for: set config.data.lexicon to a Warriner-format CSV (e.g. "
             "Ratings_Warriner_et_al.csv, with A.Mean.Sum and D.Mean.Sum columns)")
-    return {d: readers.read_warriner(name, valence_column=_WARRINER_COLUMNS[d]) for d in wanted}
+    return {d: restrict(readers.read_warriner(name, valence_column=_WARRINER_COLUMNS[d]), words)
+            for d in wanted}
 
 
 def check_labels(sentences: Sequence[Sentence], num_labels: int) -> None:
