@@ -2,11 +2,17 @@
 
     python benchmarks/reproduce.py --data_dir=../shared/data            # train + evaluate + report
     python benchmarks/reproduce.py --data_dir=../shared/data --report_only
+    python benchmarks/reproduce.py --data_dir=../shared/data --methods=softmcl_vad,softmcl_v
 
-For every method and seed it runs exactly what a user runs::
+For every run and seed it runs exactly what a user runs::
 
-    python main.py --config=configs/METHOD.py --workdir=RUNS/METHOD-sSEED --config.seed=SEED ...
-    python -m softmcl_jax.evaluate --checkpoint=RUNS/METHOD-sSEED/export --data_dir=DATA ...
+    python main.py --config=configs/CONFIG.py --workdir=RUNS/NAME-sSEED --config.seed=SEED ...
+    python -m softmcl_jax.evaluate --checkpoint=RUNS/NAME-sSEED/export --data_dir=DATA ...
+
+A run (``RUNS``) is a name, a preset and the ``--config`` overrides that make it: a method's own
+preset, or a mix or variant of one (the paper's V/A/D question: ``softmcl_vad`` against
+``softmcl_v``, the same EmoBank data with valence alone). The default ``--methods`` are the
+four methods of RESULTS.md's main table.
 
 and the base encoder is evaluated once per seed (the seed moves the suite's own randomness:
 probe splits, k-means, few-shot draws). A step whose output exists is skipped, so an interrupted
@@ -26,21 +32,49 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_MD = os.path.join(ROOT, "RESULTS.md")
 RESULTS_DIR = os.path.join(ROOT, "results")
-METHODS = ("simcse", "softmcl", "retrofit", "lcl")
 BASE = "base"
 
-# Training data of each method, relative to --data_dir ("" = the VADER data the package ships).
-TRAIN_DATA = {
-    "simcse": "",
-    "softmcl": "",
-    "retrofit": "goemotions/train.tsv",
-    "lcl": "sst5/stsa.fine.train",
+
+@dataclass(frozen=True)
+class Run:
+    """A training run: ``configs/<config>.py`` with ``--config.<override>`` flags, where
+    ``{data}`` stands for ``--data_dir``; ``data`` says what it trains on (the compute table)."""
+
+    config: str
+    data: str
+    overrides: tuple[str, ...] = ()
+
+    def flags(self, data_dir: str) -> list[str]:
+        data = data_dir.rstrip("/") or "/"
+        return [f"--config.{o.format(data=data)}" for o in self.overrides]
+
+
+_EMOBANK_VAD = ("data.path={data}/emobank/emobank.csv",
+                "data.lexicon={data}/warriner_vad/Ratings_Warriner_et_al.csv",
+                "data.lexicon_words={data}/warriner_vad/splits/train.txt")
+RUNS = {
+    "simcse": Run("simcse", "shipped VADER sentences (text)"),
+    "softmcl": Run("softmcl", "shipped VADER sentences + lexicon"),
+    "retrofit": Run("retrofit", "goemotions/train.tsv",
+                    ("data.path={data}/goemotions/train.tsv",)),
+    "lcl": Run("lcl", "sst5/stsa.fine.train", ("data.path={data}/sst5/stsa.fine.train",)),
+    # The SoftMCL paper's open question 1: soft labels over V, A and D vs valence alone, on the
+    # same EmoBank train sentences and Warriner train words.
+    "softmcl_vad": Run("softmcl_vad", "EmoBank train + Warriner train words (V, A, D)",
+                       _EMOBANK_VAD),
+    "softmcl_v": Run("softmcl_vad", "EmoBank train + Warriner train words (V only)",
+                     (*_EMOBANK_VAD, "objective.soft_sentence.labels=('valence',)",
+                      "objective.soft_sentence.label_weights=(1.0,)",
+                      "objective.soft_word.labels=('valence',)",
+                      "objective.soft_word.label_weights=(1.0,)")),
 }
+METHODS = ("simcse", "softmcl", "retrofit", "lcl")  # RESULTS.md's main table, the default
 
 # (task, metric, column title) of the main table; every metric is in summary.json.
 COLUMNS = (
@@ -79,11 +113,10 @@ def train(args: argparse.Namespace, method: str, seed: int) -> None:
     if os.path.exists(os.path.join(out, "export", "config.json")):
         return
     os.makedirs(out, exist_ok=True)
-    cmd = [sys.executable, "main.py", f"--config=configs/{method}.py", f"--workdir={out}",
+    run = RUNS[method]
+    cmd = [sys.executable, "main.py", f"--config=configs/{run.config}.py", f"--workdir={out}",
            f"--config.seed={seed}", "--config.probe.enabled=False",
-           "--config.keep_checkpoints=1"]
-    if TRAIN_DATA[method]:
-        cmd.append(f"--config.data.path={os.path.join(args.data_dir, TRAIN_DATA[method])}")
+           "--config.keep_checkpoints=1", *run.flags(args.data_dir)]
     if args.steps:
         cmd.append(f"--config.total_steps={args.steps}")
     seconds = _run(cmd, os.path.join(out, "train.log"))
@@ -133,7 +166,7 @@ def _read_json(path: str) -> Any:
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     """Every finished run's numbers: {method: {seed: {...}}} plus the run settings."""
     runs: dict[str, Any] = {}
-    for method in (BASE, *METHODS):
+    for method in (BASE, *RUNS):
         for seed in args.seeds:
             out = run_dir(args.runs_dir, method, seed)
             if not os.path.exists(os.path.join(out, "eval.json")):
@@ -166,7 +199,7 @@ def table(summary: dict[str, Any]) -> str:
     runs = summary["runs"]
     head = "| encoder | seeds | " + " | ".join(c[2] for c in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
-    for method in (BASE, *METHODS):
+    for method in (BASE, *RUNS):
         if method not in runs:
             continue
         seeds = runs[method]
@@ -193,7 +226,7 @@ def splits_line(summary: dict[str, Any]) -> str:
 def budget_table(summary: dict[str, Any]) -> str:
     lines = ["| encoder | training data | steps × batch | lr | train min/seed | eval min/seed "
              "| SST-2 fine-tune min/seed |", "|---|---|---|---|---|---|---|"]
-    for method in (BASE, *METHODS):
+    for method in (BASE, *RUNS):
         seeds = summary["runs"].get(method)
         if not seeds:
             continue
@@ -205,11 +238,9 @@ def budget_table(summary: dict[str, Any]) -> str:
         if method == BASE:
             lines.append(f"| MiniLM (base) | – | – | – | – | {fmt(eval_min)} | {fmt(ft_min)} |")
             continue
-        data = TRAIN_DATA[method] or ("shipped VADER sentences + lexicon" if method == "softmcl"
-                                      else "shipped VADER sentences (text)")
-        lines.append(f"| {method} | {data} | {first['steps']} × {first['batch_size']} | "
-                     f"{first['learning_rate']:g} | {fmt(train_min)} | {fmt(eval_min)} | "
-                     f"{fmt(ft_min)} |")
+        lines.append(f"| {method} | {RUNS[method].data} | {first['steps']} × "
+                     f"{first['batch_size']} | {first['learning_rate']:g} | {fmt(train_min)} | "
+                     f"{fmt(eval_min)} | {fmt(ft_min)} |")
     return "\n".join(lines)
 
 
@@ -219,7 +250,7 @@ def plot_curves(summary: dict[str, Any], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [m for m in METHODS if m in summary["runs"]]
+    methods = [m for m in RUNS if m in summary["runs"]]
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.2), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=False):
         for seed, run in summary["runs"][method].items():
@@ -314,9 +345,9 @@ def main() -> None:
         p.error(f"--data_dir={args.data_dir!r}: not a folder (or set SOFTMCL_DATA_DIR)")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m for m in args.methods.split(",") if m]
-    unknown = set(methods) - set(METHODS) - {BASE}
+    unknown = set(methods) - set(RUNS) - {BASE}
     if unknown:
-        p.error(f"unknown methods {sorted(unknown)}; choose from {BASE},{','.join(METHODS)}")
+        p.error(f"unknown methods {sorted(unknown)}; choose from {BASE},{','.join(RUNS)}")
     if not args.report_only:
         # Seed-major order: one finished seed of every method is worth more than three seeds
         # of one method if the budget runs out.

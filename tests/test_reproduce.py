@@ -89,3 +89,22 @@ def test_finished_steps_are_not_run_again(args, monkeypatch):
     reproduce.train(args, "lcl", 0)
     assert calls and "--config=configs/lcl.py" in calls[0]
     assert f"--config.data.path={os.path.join('DATA', 'sst5/stsa.fine.train')}" in calls[0]
+
+
+def test_runs_are_presets_with_overrides(args, monkeypatch):
+    """A mix or variant is a preset plus --config overrides; {data} is --data_dir. The V-only
+    control of the V/A/D run differs from it in the label dimensions alone."""
+    calls = []
+    monkeypatch.setattr(reproduce, "_run", lambda cmd, log: calls.append(cmd) or 0.0)
+    args.steps, args.data_dir = 0, "DATA/"
+    for name in ("softmcl_vad", "softmcl_v"):
+        reproduce.train(args, name, 0)
+    vad, v = calls
+    assert "--config=configs/softmcl_vad.py" in vad and "--config=configs/softmcl_vad.py" in v
+    assert "--config.data.lexicon_words=DATA/warriner_vad/splits/train.txt" in vad
+    extra = [f for f in v if f not in vad and not f.startswith("--workdir=")]
+    assert extra == ["--config.objective.soft_sentence.labels=('valence',)",
+                     "--config.objective.soft_sentence.label_weights=(1.0,)",
+                     "--config.objective.soft_word.labels=('valence',)",
+                     "--config.objective.soft_word.label_weights=(1.0,)"]
+    assert set(reproduce.METHODS) <= set(reproduce.RUNS)
