@@ -21,15 +21,9 @@ from softmcl_jax.evaluation.embed import embed_sentences
 from softmcl_jax.export_format import read_sentence_transformers, write_export
 from softmcl_jax.models import from_pretrained
 from softmcl_jax.models.hf import resolve_name
+from tests.test_evaluate import TEXTS  # the same sentences the embedder's own tests use
 from tests.train_utils import load_config
 
-TEXTS = [
-    "What a wonderful, sunny day!",
-    "This is the worst film I have ever seen.",
-    "ok",
-    "The service was slow but the food made up for it, mostly.",
-    "I can't believe how badly this went; never again. " * 8,  # longer than max_len: truncated
-]
 MAX_LEN = 32
 INFO = {"steps": 300, "train_sentences": 20703, "hardware": "1 x cpu (cpu)",
         "probe_before": 0.658, "probe_after": 0.702}
