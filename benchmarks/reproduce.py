@@ -1,24 +1,22 @@
-"""The reproduction behind RESULTS.md: base MiniLM vs SimCSE, SoftMCL, retrofitting and LCL.
+"""The reproduction behind RESULTS.md: every table and plot of it, from one command.
 
     python benchmarks/reproduce.py --data_dir=../shared/data            # train + evaluate + report
     python benchmarks/reproduce.py --data_dir=../shared/data --report_only
-    python benchmarks/reproduce.py --data_dir=../shared/data --methods=softmcl_vad,softmcl_v
+    python benchmarks/reproduce.py --data_dir=../shared/data --runs=softmcl_vad,softmcl_v
 
 For every run and seed it runs exactly what a user runs::
 
     python main.py --config=configs/CONFIG.py --workdir=RUNS/NAME-sSEED --config.seed=SEED ...
     python -m softmcl_jax.evaluate --checkpoint=RUNS/NAME-sSEED/export --data_dir=DATA ...
 
-A run (``RUNS``) is a name, a preset and the ``--config`` overrides that make it: a method's own
-preset, or a mix or variant of one (the paper's V/A/D question: ``softmcl_vad`` against
-``softmcl_v``, the same EmoBank data with valence alone). The default ``--methods`` are the
-four methods of RESULTS.md's main table.
-
-and the base encoder is evaluated once per seed (the seed moves the suite's own randomness:
-probe splits, k-means, few-shot draws). A step whose output exists is skipped, so an interrupted
-reproduction continues where it stopped. At the end it writes ``results/summary.json`` (every
-number), ``results/*.png`` (plots) and the generated tables of ``RESULTS.md`` (between the
-``<!-- generated -->`` markers; the prose around them is hand-written).
+The runs (``reproduce_runs.RUNS``: the four methods, the meaning-keeping mixes, the V/A/D
+comparison, the temperature grid) are presets plus ``--config`` overrides; the base encoder is
+evaluated once per seed (the seed moves the suite's own randomness: probe splits, k-means,
+few-shot draws). Seed-major order: every run's first seed before any second seed, so a cut-off
+reproduction has one seed of everything. A step whose output exists is skipped, so an
+interrupted reproduction continues where it stopped. At the end it writes
+``results/summary.json`` (every number), ``results/*.png`` (plots) and the generated blocks of
+``RESULTS.md`` (``reproduce_report``; the prose around them is hand-written).
 
 The runs' folders (checkpoints, exports, logs) stay in ``--runs_dir``, outside git.
 """
@@ -28,69 +26,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reproduce_report import (  # noqa: E402
+    BASE,
+    plot_curves,
+    plot_temperature,
+    plot_tradeoff,
+    table,
+    write_results_md,
+)
+from reproduce_runs import RUNS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_MD = os.path.join(ROOT, "RESULTS.md")
 RESULTS_DIR = os.path.join(ROOT, "results")
-BASE = "base"
-
-
-@dataclass(frozen=True)
-class Run:
-    """A training run: ``configs/<config>.py`` with ``--config.<override>`` flags, where
-    ``{data}`` stands for ``--data_dir``; ``data`` says what it trains on (the compute table)."""
-
-    config: str
-    data: str
-    overrides: tuple[str, ...] = ()
-
-    def flags(self, data_dir: str) -> list[str]:
-        data = data_dir.rstrip("/") or "/"
-        return [f"--config.{o.format(data=data)}" for o in self.overrides]
-
-
-_EMOBANK_VAD = ("data.path={data}/emobank/emobank.csv",
-                "data.lexicon={data}/warriner_vad/Ratings_Warriner_et_al.csv",
-                "data.lexicon_words={data}/warriner_vad/splits/train.txt")
-RUNS = {
-    "simcse": Run("simcse", "shipped VADER sentences (text)"),
-    "softmcl": Run("softmcl", "shipped VADER sentences + lexicon"),
-    "retrofit": Run("retrofit", "goemotions/train.tsv",
-                    ("data.path={data}/goemotions/train.tsv",)),
-    "lcl": Run("lcl", "sst5/stsa.fine.train", ("data.path={data}/sst5/stsa.fine.train",)),
-    # The SoftMCL paper's open question 1: soft labels over V, A and D vs valence alone, on the
-    # same EmoBank train sentences and Warriner train words.
-    "softmcl_vad": Run("softmcl_vad", "EmoBank train + Warriner train words (V, A, D)",
-                       _EMOBANK_VAD),
-    "softmcl_v": Run("softmcl_vad", "EmoBank train + Warriner train words (V only)",
-                     (*_EMOBANK_VAD, "objective.soft_sentence.labels=('valence',)",
-                      "objective.soft_sentence.label_weights=(1.0,)",
-                      "objective.soft_word.labels=('valence',)",
-                      "objective.soft_word.label_weights=(1.0,)")),
-}
-METHODS = ("simcse", "softmcl", "retrofit", "lcl")  # RESULTS.md's main table, the default
-
-# (task, metric, column title) of the main table; every metric is in summary.json.
-COLUMNS = (
-    ("sst2", "acc", "SST-2 acc"),
-    ("sst5", "acc", "SST-5 acc"),
-    ("emobank", "pearson", "EmoBank r"),
-    ("warriner", "pearson", "Warriner r"),
-    ("semeval14_laptops", "acc", "Lap14 acc"),
-    ("semeval14_restaurants", "acc", "Rest14 acc"),
-    ("goemotions", "ami", "GoEmo AMI"),
-    ("goemotions", "map_at_r", "GoEmo MAP@R"),
-    ("stsb", "spearman", "STS-B rho"),
-    ("sst2_fewshot", "acc_k16_mean", "SST-2 16-shot"),
-    ("sst5_fewshot", "acc_k16_mean", "SST-5 16-shot"),
-    ("sst2_finetune", "acc", "SST-2 fine-tuned"),
-)
+# RESULTS.md's rows of commit d10e2db (padded layout, before packing); a run not yet redone at
+# the current commit is shown from here, marked.
+ARCHIVE = os.path.join(RESULTS_DIR, "archive", "summary_d10e2db.json")
+ARCHIVED = "d10e2db (padded)"
 
 
 def run_dir(runs: str, method: str, seed: int) -> str:
@@ -108,6 +66,20 @@ def _run(cmd: list[str], log_path: str) -> float:
     return time.perf_counter() - t0
 
 
+def code_version() -> str:
+    """The commit the runs use, ``+changes`` if the library's files differ from it (the
+    benchmark scripts and documents do not count: they do not change what trains)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "softmcl_jax", "configs",
+                                "main.py"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def train(args: argparse.Namespace, method: str, seed: int) -> None:
     out = run_dir(args.runs_dir, method, seed)
     if os.path.exists(os.path.join(out, "export", "config.json")):
@@ -119,9 +91,10 @@ def train(args: argparse.Namespace, method: str, seed: int) -> None:
            "--config.keep_checkpoints=1", *run.flags(args.data_dir)]
     if args.steps:
         cmd.append(f"--config.total_steps={args.steps}")
+    commit = code_version()
     seconds = _run(cmd, os.path.join(out, "train.log"))
     with open(os.path.join(out, "train_seconds.json"), "w") as f:
-        json.dump({"seconds": seconds}, f)
+        json.dump({"seconds": seconds, "commit": commit}, f)
 
 
 def _suite(args: argparse.Namespace, method: str, seed: int, name: str,
@@ -145,8 +118,10 @@ def _suite(args: argparse.Namespace, method: str, seed: int, name: str,
 
 
 def evaluate(args: argparse.Namespace, method: str, seed: int) -> None:
-    """The default suite, every split capped at ``--max_examples``."""
-    _suite(args, method, seed, "eval", [f"--max_examples={args.max_examples}"])
+    """The run's tasks (default: the whole suite), every split capped at ``--max_examples``."""
+    tasks = RUNS[method].tasks if method in RUNS else ""
+    _suite(args, method, seed, "eval", [f"--max_examples={args.max_examples}",
+                                        *([f"--tasks={tasks}"] if tasks else [])])
 
 
 def finetune(args: argparse.Namespace, method: str, seed: int) -> None:
@@ -154,6 +129,21 @@ def finetune(args: argparse.Namespace, method: str, seed: int) -> None:
     train split: the protocol behind the SoftMCL paper's SST-2 number, at MiniLM scale."""
     _suite(args, method, seed, "finetune",
            ["--tasks=sst2_finetune", f"--finetune_steps={args.finetune_steps}"])
+
+
+def run_all(args: argparse.Namespace, names: list[str]) -> None:
+    """Train and evaluate ``names`` for every seed, then the SST-2 fine-tuning. Seed-major: one
+    finished seed of every run is worth more than three seeds of one if the budget runs out."""
+    for seed in args.seeds:
+        evaluate(args, BASE, seed)
+        for name in names:
+            if name == BASE or (RUNS[name].first_seed_only and seed != args.seeds[0]):
+                continue
+            train(args, name, seed)
+            evaluate(args, name, seed)
+    for seed in args.seeds:
+        for name in [m for m in args.finetune_methods.split(",") if m]:
+            finetune(args, name, seed)
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -178,6 +168,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 p = os.path.join(out, f"{name}.json")
                 if os.path.exists(p):
                     entry[name] = _read_json(p)["seconds"]
+                    if name == "train_seconds":
+                        entry["commit"] = _read_json(p).get("commit", "unknown")
             if method != BASE:
                 config = _read_json(os.path.join(out, "config.json"))
                 entry["steps"] = config["total_steps"]
@@ -186,87 +178,16 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 entry["curve"] = [json.loads(line)
                                   for line in open(os.path.join(out, "metrics.jsonl"))]
             runs.setdefault(method, {})[str(seed)] = entry
+    archived = []
+    if getattr(args, "archive", "") and os.path.exists(args.archive):
+        # A run not yet redone at this commit keeps its archived row, marked as such.
+        old = _read_json(args.archive)["runs"]
+        for name in old:
+            if name not in runs and (name == BASE or name in RUNS):
+                runs[name] = {seed: {**e, "commit": ARCHIVED} for seed, e in old[name].items()}
+                archived.append(name)
     return {"data_dir": args.data_dir, "max_examples": args.max_examples,
-            "max_len": args.max_len, "seeds": args.seeds, "runs": runs}
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def table(summary: dict[str, Any]) -> str:
-    runs = summary["runs"]
-    head = "| encoder | seeds | " + " | ".join(c[2] for c in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
-    for method in (BASE, *RUNS):
-        if method not in runs:
-            continue
-        seeds = runs[method]
-        cells = []
-        for task, metric, _ in COLUMNS:
-            vals = [s["eval"][task][metric] for s in seeds.values()
-                    if task in s["eval"] and metric in s["eval"][task]]
-            if not vals:
-                cells.append("–")
-                continue
-            m, sd = mean_std(vals)
-            cells.append(f"{100 * m:.1f} ± {100 * sd:.1f}")
-        name = "MiniLM (base)" if method == BASE else method
-        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def splits_line(summary: dict[str, Any]) -> str:
-    any_run = next(iter(next(iter(summary["runs"].values())).values()))["eval"]
-    parts = [f"{task}: {r['split']} n={r['n']}" for task, r in any_run.items()]
-    return "; ".join(parts)
-
-
-def budget_table(summary: dict[str, Any]) -> str:
-    lines = ["| encoder | training data | steps × batch | lr | train min/seed | eval min/seed "
-             "| SST-2 fine-tune min/seed |", "|---|---|---|---|---|---|---|"]
-    for method in (BASE, *RUNS):
-        seeds = summary["runs"].get(method)
-        if not seeds:
-            continue
-        first = next(iter(seeds.values()))
-        train_min = [s["train_seconds"] / 60 for s in seeds.values() if "train_seconds" in s]
-        eval_min = [s["eval_seconds"] / 60 for s in seeds.values() if "eval_seconds" in s]
-        ft_min = [s["finetune_seconds"] / 60 for s in seeds.values() if "finetune_seconds" in s]
-        fmt = (lambda xs: f"{statistics.fmean(xs):.1f}" if xs else "–")
-        if method == BASE:
-            lines.append(f"| MiniLM (base) | – | – | – | – | {fmt(eval_min)} | {fmt(ft_min)} |")
-            continue
-        lines.append(f"| {method} | {RUNS[method].data} | {first['steps']} × "
-                     f"{first['batch_size']} | {first['learning_rate']:g} | {fmt(train_min)} | "
-                     f"{fmt(eval_min)} | {fmt(ft_min)} |")
-    return "\n".join(lines)
-
-
-def plot_curves(summary: dict[str, Any], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = [m for m in RUNS if m in summary["runs"]]
-    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.2), squeeze=False)
-    for ax, method in zip(axes[0], methods, strict=False):
-        for seed, run in summary["runs"][method].items():
-            steps = [r["step"] for r in run["curve"]]
-            ax.plot(steps, [r["loss"] for r in run["curve"]], label=f"seed {seed}", lw=1.2)
-        losses = [r["loss"] for run in summary["runs"][method].values() for r in run["curve"]]
-        if min(losses) > 0 and max(losses) > 10 * min(losses):
-            ax.set_yscale("log")  # SimCSE on MiniLM: 1e-5..1e-3
-        ax.set_title(method)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss (total)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+            "max_len": args.max_len, "seeds": args.seeds, "runs": runs, "archived": archived}
 
 
 def plot_projection(args: argparse.Namespace, path: str, n: int = 1000) -> None:
@@ -308,31 +229,13 @@ def plot_projection(args: argparse.Namespace, path: str, n: int = 1000) -> None:
     plt.close(fig)
 
 
-def write_results_md(summary: dict[str, Any], path: str = RESULTS_MD) -> None:
-    body = "\n\n".join([
-        "### Scores (mean ± std over seeds, ×100)",
-        table(summary),
-        f"Splits and sizes: {splits_line(summary)}. Evaluation: `--max_examples="
-        f"{summary['max_examples']} --max_len={summary['max_len']}`, mean pooling.",
-        "### Compute (wall-clock minutes per seed, 2 CPU cores)",
-        budget_table(summary),
-    ])
-    begin, end = "<!-- generated: begin -->", "<!-- generated: end -->"
-    text = open(path).read()
-    if begin not in text or end not in text:
-        raise SystemExit(f"{path}: the {begin} / {end} markers are missing")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    with open(path, "w") as f:
-        f.write(f"{head}{begin}\n{body}\n{end}{tail}")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data_dir", default=os.environ.get("SOFTMCL_DATA_DIR"), required=False)
     p.add_argument("--runs_dir", default=os.path.join(ROOT, "runs", "reproduce"))
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--runs", "--methods", dest="runs", default=",".join(RUNS),
+                   help="comma list of reproduce_runs.RUNS names (default: all of them)")
     p.add_argument("--steps", type=int, default=0, help="override total_steps (0: the config's)")
     p.add_argument("--max_examples", type=int, default=2000)
     p.add_argument("--max_len", type=int, default=64)
@@ -340,36 +243,30 @@ def main() -> None:
                    help="encoders that also get SST-2 full fine-tuning (slow); '' for none")
     p.add_argument("--finetune_steps", type=int, default=300)
     p.add_argument("--report_only", action="store_true")
+    p.add_argument("--archive", default=ARCHIVE,
+                   help="earlier summary.json whose rows stand in for runs not yet redone "
+                        "(marked in the tables); '' for none")
     args = p.parse_args()
     if not args.data_dir or not os.path.isdir(args.data_dir):
         p.error(f"--data_dir={args.data_dir!r}: not a folder (or set SOFTMCL_DATA_DIR)")
     args.seeds = [int(s) for s in args.seeds.split(",")]
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = set(methods) - set(RUNS) - {BASE}
+    names = [m for m in args.runs.split(",") if m]
+    unknown = set(names) - set(RUNS) - {BASE}
     if unknown:
-        p.error(f"unknown methods {sorted(unknown)}; choose from {BASE},{','.join(RUNS)}")
+        p.error(f"unknown runs {sorted(unknown)}; choose from {BASE},{','.join(RUNS)}")
     if not args.report_only:
-        # Seed-major order: one finished seed of every method is worth more than three seeds
-        # of one method if the budget runs out.
-        for seed in args.seeds:
-            evaluate(args, BASE, seed)
-            for method in methods:
-                if method == BASE:
-                    continue
-                train(args, method, seed)
-                evaluate(args, method, seed)
-        for seed in args.seeds:
-            for method in [m for m in args.finetune_methods.split(",") if m]:
-                finetune(args, method, seed)
+        run_all(args, names)
     summary = collect(args)
     os.makedirs(RESULTS_DIR, exist_ok=True)
     with open(os.path.join(RESULTS_DIR, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     plot_curves(summary, os.path.join(RESULTS_DIR, "training_curves.png"))
+    plot_tradeoff(summary, os.path.join(RESULTS_DIR, "tradeoff.png"))
+    plot_temperature(summary, os.path.join(RESULTS_DIR, "temperature.png"))
     if "softmcl" in summary["runs"]:
         plot_projection(args, os.path.join(RESULTS_DIR, "valence_projection.png"))
-    write_results_md(summary)
-    print(table(summary))
+    write_results_md(summary, RESULTS_MD)
+    print(table(summary, [BASE, *RUNS]))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from softmcl_jax import config_check, objective, sharding, train
 from softmcl_jax.checkpoint import Checkpointer, PreemptionGuard, non_finite_leaves
@@ -29,12 +30,21 @@ from softmcl_jax.data import (
     sources,
 )
 from softmcl_jax.evaluation.embed import embed_sentences
-from softmcl_jax.evaluation.probe import ProbeSplit, vader_probe_split, valence_probe
+from softmcl_jax.evaluation.probe import (
+    ProbeSplit,
+    similarity_kept,
+    similarity_pairs,
+    vader_probe_split,
+    valence_probe,
+)
 from softmcl_jax.export_format import EXPORT_DIR, write_export, write_run_info
 from softmcl_jax.metrics import MetricWriter, ProgressBar
 from softmcl_jax.models import DTYPES, from_pretrained
 from softmcl_jax.models.hf import resolve_name
 from softmcl_jax.workdir import WorkdirLock, check_config, write_config
+
+# What the end-of-run probe measures, in the run info and the model card.
+PROBE_KEYS = ("probe_before", "probe_after", "probe_similarity_kept")
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +136,16 @@ def _token_dims(the_plan: objective.Plan, config: ml_collections.ConfigDict) -> 
                          if need.startswith("token:")}))
 
 
-def run_probe(config, pretrained, params, tokenizer, probe: ProbeSplit) -> float:
+def run_probe(config, pretrained, params, tokenizer, probe: ProbeSplit
+              ) -> tuple[float, np.ndarray]:
     """Pearson r of the ridge valence probe on ``params``' sentence vectors (the suite's
-    embedder, so the probe sees what ``evaluate`` and the export's ``encode()`` see)."""
+    embedder, so the probe sees what ``evaluate`` and the export's ``encode()`` see), and the
+    held-out test sentences' vectors (for ``similarity_kept``)."""
     kw = dict(max_len=config.model.max_len, batch_size=config.probe.batch_size,
               pooling=config.model.pooling)
     x_tr = embed_sentences(pretrained, params, tokenizer, probe.train_texts, **kw)
     x_te = embed_sentences(pretrained, params, tokenizer, probe.test_texts, **kw)
-    return valence_probe(x_tr, probe.train_y, x_te, probe.test_y)
+    return valence_probe(x_tr, probe.train_y, x_te, probe.test_y), x_te
 
 
 def hardware() -> str:
@@ -228,7 +240,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, the_plan: objective.Pl
     writer.truncate_after(start + 1)  # we log 1-based steps: keep 1..start
     result: dict[str, Any] = {"start_step": start}
     if probe is not None:
-        result["probe_before"] = run_probe(config, pretrained, pretrained.params, tokenizer, probe)
+        result["probe_before"], base_test_x = run_probe(config, pretrained, pretrained.params,
+                                                        tokenizer, probe)
 
     watch = FiniteWatch(config.max_skipped_steps, int(jax.device_get(state.skipped)))
     batches = pipeline.iterate(start_step=start)
@@ -283,10 +296,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, the_plan: objective.Pl
         raise Diverged(f"the trained encoder holds non-finite values ({', '.join(bad[:3])}); "
                        "not exported")
     if probe is not None:
-        result["probe_after"] = run_probe(config, pretrained, encoder_params, tokenizer, probe)
+        result["probe_after"], test_x = run_probe(config, pretrained, encoder_params, tokenizer,
+                                                  probe)
+        pairs = similarity_pairs(base_test_x, seed=config.probe.seed)
+        result["probe_similarity_kept"] = similarity_kept(base_test_x, test_x, pairs)
     # Measured before the export so the model card can state it.
     info = {"steps": step, "train_sentences": pipeline.num_examples, "hardware": hardware(),
-            **{k: result[k] for k in ("probe_before", "probe_after") if k in result}}
+            **{k: result[k] for k in PROBE_KEYS if k in result}}
     write_run_info(workdir, info)
     if config.export.enabled:
         out = write_export(pretrained, encoder_params, os.path.join(workdir, EXPORT_DIR), config,
@@ -296,5 +312,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, the_plan: objective.Pl
     if probe is not None:
         print(f"valence probe (held-out, Pearson r): before {result['probe_before']:.3f} "
               f"after {result['probe_after']:.3f}", flush=True)
+        print("semantic similarity kept (Spearman vs the base encoder's own similarities on "
+              f"held-out VADER pairs): {result['probe_similarity_kept']:.2f}", flush=True)
     ckpt.close()
     return result

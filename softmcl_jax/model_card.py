@@ -104,6 +104,11 @@ def _training(config: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
         lines.append(f"- Valence probe (held-out VADER sentences, ridge regression on frozen "
                      f"embeddings, Pearson r): before {info['probe_before']:.3f} after "
                      f"{info['probe_after']:.3f}")
+    if info.get("probe_similarity_kept") is not None:
+        lines.append("- Semantic similarity kept (Spearman between the base encoder's and this "
+                     "encoder's cosine similarities of held-out VADER sentence pairs: each "
+                     "sentence's 5 nearest neighbours under the base encoder and 5 random "
+                     f"partners): {info['probe_similarity_kept']:.2f}")
     return lines + [""]
 
 

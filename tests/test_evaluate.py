@@ -13,7 +13,13 @@ import transformers
 from softmcl_jax.data import load_vader_sentences
 from softmcl_jax.data.records import Sentence
 from softmcl_jax.evaluation.embed import Encoder, embed_sentences
-from softmcl_jax.evaluation.probe import probe_split, vader_probe_split, valence_probe
+from softmcl_jax.evaluation.probe import (
+    probe_split,
+    similarity_kept,
+    similarity_pairs,
+    vader_probe_split,
+    valence_probe,
+)
 from softmcl_jax.models import from_pretrained
 
 TEXTS = [
@@ -84,6 +90,45 @@ def test_valence_probe_synthetic():
     assert abs(valence_probe(x_tr, noise_tr, x_te, noise_te)) < 0.2
     with pytest.raises(ValueError, match="lengths"):
         valence_probe(x_tr, y_tr[:-1], x_te, y_te)
+
+
+def test_similarity_pairs_are_neighbours_and_random_partners():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8))
+    pairs = similarity_pairs(x, neighbours=3, random_partners=2, seed=0)
+    assert pairs.dtype == np.int64 and (pairs[:, 0] < pairs[:, 1]).all()
+    assert len(np.unique(pairs, axis=0)) == len(pairs) <= 50 * 5
+    e = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = e @ e.T
+    np.fill_diagonal(sim, -np.inf)
+    have = {tuple(p) for p in pairs}
+    for i in range(50):  # every sentence's 3 nearest neighbours (brute force) are in the set
+        for j in np.argsort(-sim[i])[:3]:
+            assert (min(i, j), max(i, j)) in have
+    assert (similarity_pairs(x, neighbours=3, random_partners=2, seed=0) == pairs).all()
+    assert not np.array_equal(similarity_pairs(x, neighbours=3, random_partners=2, seed=1), pairs)
+
+
+def test_similarity_kept_against_scipy_and_invariances():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(80, 16))
+    pairs = similarity_pairs(base, seed=0)
+    q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    scale = rng.uniform(0.5, 3.0, size=(80, 1))
+    # Cosines ignore rotations and per-vector scale: the structure is fully kept.
+    assert similarity_kept(base, base, pairs) == pytest.approx(1.0)
+    assert similarity_kept(base, scale * base @ q, pairs) == pytest.approx(1.0)
+    noisy = base + rng.normal(size=base.shape)
+    cos = (lambda a, b: float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b)))
+    want = spearmanr([cos(base[i], base[j]) for i, j in pairs],
+                     [cos(noisy[i], noisy[j]) for i, j in pairs]).statistic
+    got = similarity_kept(base, noisy, pairs)
+    assert got == pytest.approx(want, abs=1e-12) and 0 < got < 0.95
+    assert similarity_kept(base, base + 3 * rng.normal(size=base.shape), pairs) < got
+    with pytest.raises(ValueError, match="rows"):
+        similarity_kept(base, base[:-1], pairs)
 
 
 def test_probe_split_is_fixed_and_disjoint():

@@ -196,6 +196,9 @@ def test_a_finished_run_exports_a_sentence_transformers_model_with_its_card(tmp_
     line = re.search(r"valence probe \(held-out, Pearson r\): before (\S+) after (\S+)",
                      proc.stdout)
     assert line, proc.stdout[-2000:]
+    kept = re.search(r"semantic similarity kept \(Spearman vs the base encoder's own "
+                     r"similarities on held-out VADER pairs\): (\S+)", proc.stdout)
+    assert kept and -1 <= float(kept[1]) <= 1, proc.stdout[-2000:]
     export = f"{workdir}/export"
     st = load_silently(export, caplog)
     pre = from_pretrained(export)
@@ -205,6 +208,7 @@ def test_a_finished_run_exports_a_sentence_transformers_model_with_its_card(tmp_
     assert d <= 1e-5 and st.max_seq_length == 32
     card = open(f"{export}/README.md").read()
     assert f"before {line[1]} after {line[2]}" in card and "Steps: 4;" in card
+    assert f"5 random partners): {kept[1]}" in card
     assert resolve_checkpoint(workdir) == (export, "cls")
     out = str(tmp_path / "exported")
     cli = subprocess.run([sys.executable, "-m", "softmcl_jax.export", f"--workdir={workdir}",

@@ -1,4 +1,5 @@
-"""benchmarks/reproduce.py: aggregation over seeds, the RESULTS.md rewrite, plots, resumption."""
+"""benchmarks/reproduce.py (+ reproduce_runs, reproduce_report): aggregation over seeds, the
+goal check, the RESULTS.md rewrite, plots, resumption, the runs as presets plus overrides."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import reproduce  # noqa: E402
+import reproduce_report as report  # noqa: E402
+import reproduce_runs  # noqa: E402
 
 
 def _fake_run(runs, method, seed, acc, with_training=True):
@@ -48,7 +51,8 @@ def test_table_is_mean_and_sample_std_over_the_finished_seeds(args):
     summary = reproduce.collect(args)
     assert sorted(summary["runs"]) == ["base", "simcse"]
     assert sorted(summary["runs"]["simcse"]) == ["0", "1"]  # seed 2 never ran
-    rows = {line.split("|")[1].strip(): line for line in reproduce.table(summary).splitlines()}
+    rows = {line.split("|")[1].strip(): line
+            for line in report.table(summary, ["base", "simcse"]).splitlines()}
     sst2 = [c.strip() for c in rows["simcse"].split("|")[3:4]][0]
     mean, std = np.mean([0.80, 0.83]), np.std([0.80, 0.83], ddof=1)
     assert sst2 == f"{100 * mean:.1f} ± {100 * std:.1f}"
@@ -57,23 +61,106 @@ def test_table_is_mean_and_sample_std_over_the_finished_seeds(args):
     assert summary["runs"]["simcse"]["0"]["curve"][-1] == {"step": 20, "loss": 0.05}
 
 
+def _results_md(path):
+    blocks = "".join(f"<!-- generated: {n} begin -->\nold {n}\n<!-- generated: {n} end -->\n"
+                     f"\nprose after {n}\n" for n in ("main", "mixes", "affect", "temperature",
+                                                       "compute"))
+    path.write_text("# R\n\nprose before\n\n" + blocks)
+
+
 def test_results_md_keeps_the_prose_around_the_markers(args, tmp_path):
     path = tmp_path / "RESULTS.md"
-    path.write_text("# R\n\nprose before\n\n<!-- generated: begin -->\nold\n"
-                    "<!-- generated: end -->\n\nprose after\n")
-    reproduce.write_results_md(reproduce.collect(args), str(path))
+    _results_md(path)
+    report.write_results_md(reproduce.collect(args), str(path))
     text = path.read_text()
-    assert text.startswith("# R\n\nprose before") and text.endswith("prose after\n")
+    assert text.startswith("# R\n\nprose before") and text.endswith("prose after compute\n")
     assert "old" not in text and "SST-2 acc" in text and "20 × 32" in text
-    path.write_text("no markers")
-    with pytest.raises(SystemExit, match="markers"):
-        reproduce.write_results_md(reproduce.collect(args), str(path))
+    assert all(f"prose after {n}" in text for n in ("main", "mixes", "affect", "temperature"))
+    path.write_text(path.read_text().replace("<!-- generated: affect end -->", ""))
+    with pytest.raises(SystemExit, match="affect end"):
+        report.write_results_md(reproduce.collect(args), str(path))
 
 
-def test_training_curves_plot_is_written(args, tmp_path):
-    out = tmp_path / "curves.png"
-    reproduce.plot_curves(reproduce.collect(args), str(out))
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+def test_plots_are_written(args, tmp_path):
+    summary = reproduce.collect(args)
+    for plot in (report.plot_curves, report.plot_tradeoff, report.plot_temperature):
+        out = tmp_path / f"{plot.__name__}.png"
+        plot(summary, str(out))
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def _summary(runs):
+    """{name: [eval per seed]} -> a summary."""
+    return {"seeds": [0, 1, 2], "runs": {
+        name: {str(i): {"eval": e} for i, e in enumerate(evals)} for name, evals in runs.items()}}
+
+
+def _eval(stsb, sst2, emobank, warriner):
+    return {"stsb": {"spearman": stsb}, "sst2": {"acc": sst2}, "emobank": {"pearson": emobank},
+            "warriner": {"pearson": warriner}}
+
+
+def test_goal_is_checked_on_means_over_seeds():
+    goal = {t: v for (t, _), v in reproduce_runs.GOAL.items()}
+    assert goal == {"stsb": 0.865, "sst2": 0.834, "emobank": 0.624, "warriner": 0.785}
+    summary = _summary({
+        # sst2 mean 0.834 exactly, one seed below: met (the goal is on means)
+        "a": [_eval(0.87, 0.830, 0.63, 0.79), _eval(0.87, 0.838, 0.63, 0.79)],
+        "b": [_eval(0.86, 0.84, 0.63, 0.79)],  # STS-B below
+        "c": [_eval(0.87, 0.84, 0.60, 0.70)],  # EmoBank and Warriner below
+        "d": [{"stsb": {"spearman": 0.9}}],  # not every goal metric scored
+    })
+    assert report.goal_misses(summary, "a") == []
+    assert report.goal_misses(summary, "b") == ["stsb"]
+    assert report.goal_misses(summary, "c") == ["emobank", "warriner"]
+    assert report.goal_misses(summary, "d") is None
+    assert report.sentiment_mean(summary, "c") == pytest.approx([(0.84 + 0.60 + 0.70) / 3])
+    assert report.sentiment_mean(summary, "d") == []
+    names = ["a", "b", "c", "d"]
+    rows = report.table(summary, names, report.MIX_COLUMNS, goal=True).splitlines()[2:]
+    assert rows[0].endswith("| **met** |") and rows[1].endswith("| below on stsb |")
+    assert rows[3].endswith("| – |")
+
+
+def test_temperature_grid_reuses_the_preset_run():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "softmcl_preset", os.path.join(reproduce.ROOT, "configs", "softmcl.py"))
+    preset = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(preset)
+    o = preset.get_config().objective
+    for term in (o.soft_sentence, o.soft_word):
+        assert (term.temperature, term.label_temperature) == reproduce_runs.PRESET_TEMPERATURES
+    grid = reproduce_runs.GRID
+    cells = len(reproduce_runs.FEATURE_TEMPERATURES) * len(reproduce_runs.LABEL_TEMPERATURES)
+    assert cells >= 16 and len(grid) == cells - 1  # the preset's cell is softmcl's seed 0
+    assert reproduce_runs.grid_run(0.1, 0.1) == "softmcl"
+    run = grid[reproduce_runs.grid_run(0.4, 0.05)]
+    assert run.first_seed_only and run.tasks == reproduce_runs.GRID_TASKS
+    assert run.overrides == ("objective.soft_sentence.temperature=0.4",
+                             "objective.soft_sentence.label_temperature=0.05",
+                             "objective.soft_word.temperature=0.4",
+                             "objective.soft_word.label_temperature=0.05")
+    summary = _summary({"softmcl": [{"emobank": {"pearson": 0.6}, "stsb": {"spearman": 0.7}}],
+                        "grid_t0.4_l0.05": [{"emobank": {"pearson": 0.5}}]})
+    text = report.grid_tables(summary)
+    assert "| 0.1 | – | 60.0 | – | – |" in text and "| 0.4 | 50.0 | – | – | – |" in text
+    assert "| 0.1 | – | 70.0 | – | – |" in text
+
+
+def test_seed_major_order_and_first_seed_only_runs(args, monkeypatch):
+    done = []
+    monkeypatch.setattr(reproduce, "train", lambda a, n, s: done.append(("train", n, s)))
+    monkeypatch.setattr(reproduce, "evaluate", lambda a, n, s: done.append(("eval", n, s)))
+    monkeypatch.setattr(reproduce, "finetune", lambda a, n, s: done.append(("finetune", n, s)))
+    args.finetune_methods = "base"
+    reproduce.run_all(args, ["softmcl", "grid_t0.4_l0.05"])
+    assert [d for d in done if d[0] == "train"] == [
+        ("train", "softmcl", 0), ("train", "grid_t0.4_l0.05", 0), ("train", "softmcl", 1),
+        ("train", "softmcl", 2)]
+    assert done[0] == ("eval", "base", 0) and done[-3:] == [
+        ("finetune", "base", 0), ("finetune", "base", 1), ("finetune", "base", 2)]
 
 
 def test_finished_steps_are_not_run_again(args, monkeypatch):
@@ -95,7 +182,15 @@ def test_runs_are_presets_with_overrides(args, monkeypatch):
     """A mix or variant is a preset plus --config overrides; {data} is --data_dir. The V-only
     control of the V/A/D run differs from it in the label dimensions alone."""
     calls = []
-    monkeypatch.setattr(reproduce, "_run", lambda cmd, log: calls.append(cmd) or 0.0)
+
+    def fake_run(cmd, log):
+        calls.append(cmd)
+        for flag in cmd:  # what evaluate writes
+            if flag.startswith("--output="):
+                open(flag.removeprefix("--output="), "w").write("{}")
+        return 0.0
+
+    monkeypatch.setattr(reproduce, "_run", fake_run)
     args.steps, args.data_dir = 0, "DATA/"
     for name in ("softmcl_vad", "softmcl_v"):
         reproduce.train(args, name, 0)
@@ -107,4 +202,14 @@ def test_runs_are_presets_with_overrides(args, monkeypatch):
                      "--config.objective.soft_sentence.label_weights=(1.0,)",
                      "--config.objective.soft_word.labels=('valence',)",
                      "--config.objective.soft_word.label_weights=(1.0,)"]
-    assert set(reproduce.METHODS) <= set(reproduce.RUNS)
+    assert set(reproduce_runs.METHODS) <= set(reproduce_runs.RUNS)
+    calls.clear()
+    reproduce.evaluate(args, "grid_t0.4_l0.05", 0)  # a grid cell: its few tasks only
+    assert f"--tasks={reproduce_runs.GRID_TASKS}" in calls[0]
+    reproduce.evaluate(args, "softmcl_vsp100", 0)  # a mix: the whole suite
+    assert not any(c.startswith("--tasks") for c in calls[1])
+    reproduce.train(args, "softmcl_vsp100", 0)
+    assert calls[2][-4:] == ["--config.objective.vsp.weight=100",
+                             "--config.objective.vsp.of=online/masked",
+                             "--config.objective.vsp.to=frozen/masked",
+                             "--config.objective.vsp.mode=pairwise"]

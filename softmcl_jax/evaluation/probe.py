@@ -48,6 +48,54 @@ def valence_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
     return float(pearsonr(pred, test_y).statistic)
 
 
+# --- how much of the base encoder's similarity structure survives training -----------------
+
+def similarity_pairs(base_x: np.ndarray, *, neighbours: int = 5, random_partners: int = 5,
+                     seed: int = 0) -> np.ndarray:
+    """The fixed pair set of ``similarity_kept``: ``(P, 2)`` int64 index pairs ``i < j``.
+
+    Each sentence is paired with its ``neighbours`` nearest sentences under the base encoder
+    (cosine of ``base_x``), which are the pairs a retrieval or STS user cares about, and with
+    ``random_partners`` others drawn uniformly (``numpy.random.default_rng(seed)``), so that the
+    unrelated end of the scale is there too; duplicates are dropped. On the probe's 1,000
+    held-out VADER sentences this is about 9,000 pairs.
+    """
+    n = len(base_x)
+    if n < 2:
+        raise ValueError(f"need at least 2 sentences for pairs, got {n}")
+    e = _unit(base_x)
+    sim = e @ e.T
+    np.fill_diagonal(sim, -np.inf)
+    k = min(neighbours, n - 1)
+    near = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k else np.zeros((n, 0), np.int64)
+    rng = np.random.default_rng(seed)
+    far = (np.arange(n)[:, None] + rng.integers(1, n, size=(n, random_partners))) % n
+    rows = np.repeat(np.arange(n), k + random_partners)
+    cols = np.concatenate([near, far], axis=1).ravel()
+    pairs = np.stack([np.minimum(rows, cols), np.maximum(rows, cols)], axis=1)
+    return np.unique(pairs, axis=0).astype(np.int64)
+
+
+def similarity_kept(base_x: np.ndarray, x: np.ndarray, pairs: np.ndarray) -> float:
+    """Spearman rank correlation between the cosine similarities of ``pairs`` under the base
+    encoder's vectors ``base_x`` and under the trained encoder's ``x`` (same sentences, same
+    order): 1 = the trained encoder orders every pair as the base did."""
+    from scipy.stats import spearmanr
+
+    if base_x.shape[0] != x.shape[0]:
+        raise ValueError(f"base_x has {base_x.shape[0]} rows, x has {x.shape[0]}")
+    a, b = _unit(base_x), _unit(x)
+    i, j = pairs[:, 0], pairs[:, 1]
+    before = np.sum(a[i] * a[j], axis=1)
+    after = np.sum(b[i] * b[j], axis=1)
+    return float(spearmanr(before, after).statistic)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 # --- the held-out split ----------------------------------------------------------------------
 
 def probe_split(n_total: int, n_train: int, n_test: int, seed: int = 0

@@ -1,0 +1,322 @@
+"""The tables and plots of RESULTS.md, from benchmarks/reproduce.py's summary (no training here).
+
+``summary["runs"][name][seed]["eval"][task][metric]`` holds every score; a name is ``base`` or a
+key of ``reproduce_runs.RUNS``. Each table is a generated block of RESULTS.md between
+``<!-- generated: NAME begin -->`` and ``<!-- generated: NAME end -->``; the prose around the
+blocks is hand-written and kept.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from reproduce_runs import (
+    AFFECT,
+    FEATURE_TEMPERATURES,
+    GOAL,
+    LABEL_TEMPERATURES,
+    METHODS,
+    MIXES,
+    RUNS,
+    SENTIMENT,
+    grid_run,
+)
+
+BASE = "base"
+GRID_SCORED_ON = "scored on SST-2, EmoBank, Warriner, STS-B"  # reproduce_runs.GRID_TASKS
+Column = tuple[str, str, str]  # (task, metric, title)
+
+# The main table: every task of the suite.
+COLUMNS: tuple[Column, ...] = (
+    ("sst2", "acc", "SST-2 acc"),
+    ("sst5", "acc", "SST-5 acc"),
+    ("emobank", "pearson", "EmoBank r"),
+    ("warriner", "pearson", "Warriner r"),
+    ("semeval14_laptops", "acc", "Lap14 acc"),
+    ("semeval14_restaurants", "acc", "Rest14 acc"),
+    ("goemotions", "ami", "GoEmo AMI"),
+    ("goemotions", "map_at_r", "GoEmo MAP@R"),
+    ("stsb", "spearman", "STS-B rho"),
+    ("sst2_fewshot", "acc_k16_mean", "SST-2 16-shot"),
+    ("sst5_fewshot", "acc_k16_mean", "SST-5 16-shot"),
+    ("sst2_finetune", "acc", "SST-2 fine-tuned"),
+)
+MIX_COLUMNS: tuple[Column, ...] = (
+    ("stsb", "spearman", "STS-B rho"),
+    ("sst2", "acc", "SST-2 acc"),
+    ("emobank", "pearson", "EmoBank r"),
+    ("warriner", "pearson", "Warriner r"),
+    ("sst5", "acc", "SST-5 acc"),
+    ("goemotions", "ami", "GoEmo AMI"),
+    ("sst2_fewshot", "acc_k16_mean", "SST-2 16-shot"),
+)
+AFFECT_COLUMNS: tuple[Column, ...] = (
+    ("emobank", "pearson", "EmoBank V r"),
+    ("emobank_arousal", "pearson", "EmoBank A r"),
+    ("emobank_dominance", "pearson", "EmoBank D r"),
+    ("warriner", "pearson", "Warriner V r"),
+    ("stsb", "spearman", "STS-B rho"),
+    ("sst2", "acc", "SST-2 acc"),
+    ("sst5", "acc", "SST-5 acc"),
+)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def scores(summary: dict[str, Any], name: str, task: str, metric: str) -> list[float]:
+    """One metric of a run over its finished seeds."""
+    return [s["eval"][task][metric] for s in summary["runs"].get(name, {}).values()
+            if metric in s["eval"].get(task, {})]
+
+
+def sentiment_mean(summary: dict[str, Any], name: str) -> list[float]:
+    """Per seed, the mean of the goal's sentiment scores (SST-2 acc, EmoBank r, Warriner r)."""
+    out = []
+    for s in summary["runs"].get(name, {}).values():
+        if all(m in s["eval"].get(t, {}) for t, m in SENTIMENT):
+            out.append(statistics.fmean(s["eval"][t][m] for t, m in SENTIMENT))
+    return out
+
+
+def goal_misses(summary: dict[str, Any], name: str) -> list[str] | None:
+    """The goal's metrics whose mean over seeds is below the goal (None: not all scored)."""
+    misses = []
+    for (task, metric), at_least in GOAL.items():
+        vals = scores(summary, name, task, metric)
+        if not vals:
+            return None
+        if statistics.fmean(vals) < at_least:
+            misses.append(task)
+    return misses
+
+
+def _label(name: str, summary: dict[str, Any] | None = None) -> str:
+    label = "MiniLM (base)" if name == BASE else name
+    return label + (" †" if summary and name in summary.get("archived", ()) else "")
+
+
+ARCHIVED_NOTE = ("† not yet rerun at the current commit: the row of commit d10e2db (padded "
+                 "layout, before packing), from `results/archive/summary_d10e2db.json`.")
+
+
+def table(summary: dict[str, Any], names: Iterable[str],
+          columns: Sequence[Column] = COLUMNS, goal: bool = False) -> str:
+    """A markdown table, one row per run that has results: mean ± sample std over seeds, x100.
+    ``goal``: add the goal's sentiment mean and whether the run meets the goal."""
+    runs = summary["runs"]
+    titles = [c[2] for c in columns] + (["sentiment mean", "goal"] if goal else [])
+    lines = ["| encoder | seeds | " + " | ".join(titles) + " |", "|" + "---|" * (len(titles) + 2)]
+    for name in names:
+        if name not in runs:
+            continue
+        cells = []
+        for task, metric, _ in columns:
+            vals = scores(summary, name, task, metric)
+            cells.append(f"{100 * mean_std(vals)[0]:.1f} ± {100 * mean_std(vals)[1]:.1f}"
+                         if vals else "–")
+        if goal:
+            senti = sentiment_mean(summary, name)
+            cells.append(f"{100 * mean_std(senti)[0]:.1f}" if senti else "–")
+            misses = goal_misses(summary, name)
+            cells.append("–" if misses is None else
+                         "**met**" if not misses else "below on " + ", ".join(misses))
+        lines.append(f"| {_label(name, summary)} | {len(runs[name])} | " + " | ".join(cells)
+                     + " |")
+    if any(name in summary.get("archived", ()) for name in names):
+        lines += ["", ARCHIVED_NOTE]
+    return "\n".join(lines)
+
+
+def splits_line(summary: dict[str, Any]) -> str:
+    base = summary["runs"].get(BASE) or next(iter(summary["runs"].values()))
+    return "; ".join(f"{task}: {r['split']} n={r['n']}"
+                     for task, r in next(iter(base.values()))["eval"].items())
+
+
+def budget_table(summary: dict[str, Any]) -> str:
+    """Wall-clock minutes per seed of every run; the grid as one row (its total)."""
+    lines = ["| run | training data | steps × batch | lr | seeds | train min/seed | "
+             "eval min/seed | SST-2 fine-tune min/seed |", "|---|---|---|---|---|---|---|---|"]
+
+    def minutes(seeds: Iterable[dict[str, Any]], key: str) -> str:
+        xs = [s[key] / 60 for s in seeds if key in s]
+        return f"{statistics.fmean(xs):.1f}" if xs else "–"
+
+    runs = summary["runs"]
+    grid = [n for n in runs if n.startswith("grid_")]
+    for name in [BASE, *(n for n in RUNS if n in runs and n not in grid)]:
+        seeds = list(runs.get(name, {}).values())
+        if not seeds:
+            continue
+        if name == BASE:
+            lines.append(f"| {_label(BASE, summary)} | – | – | – | {len(seeds)} | – | "
+                         f"{minutes(seeds, 'eval_seconds')} | "
+                         f"{minutes(seeds, 'finetune_seconds')} |")
+            continue
+        first = seeds[0]
+        lines.append(f"| {_label(name, summary)} | {RUNS[name].data} | {first['steps']} × "
+                     f"{first['batch_size']} | "
+                     f"{first['learning_rate']:g} | {len(seeds)} | "
+                     f"{minutes(seeds, 'train_seconds')} | {minutes(seeds, 'eval_seconds')} | "
+                     f"{minutes(seeds, 'finetune_seconds')} |")
+    if grid:
+        seeds = [s for n in grid for s in runs[n].values()]
+        total = sum(s.get("train_seconds", 0) + s.get("eval_seconds", 0) for s in seeds) / 60
+        lines.append(f"| temperature grid ({len(grid)} runs, {GRID_SCORED_ON}) | "
+                     f"{RUNS[grid[0]].data} | {seeds[0]['steps']} × {seeds[0]['batch_size']} | "
+                     f"{seeds[0]['learning_rate']:g} | 1 | {minutes(seeds, 'train_seconds')} | "
+                     f"{minutes(seeds, 'eval_seconds')} | – (total {total:.0f} min) |")
+    if summary.get("archived"):
+        lines += ["", ARCHIVED_NOTE]
+    return "\n".join(lines)
+
+
+def grid_tables(summary: dict[str, Any]) -> str:
+    """EmoBank r and STS-B of the grid as tau (rows) x label tau (columns) matrices, seed 0."""
+    seed = str(summary["seeds"][0])
+    out = []
+    for task, metric, title in (("emobank", "pearson", "EmoBank r"),
+                                ("stsb", "spearman", "STS-B rho")):
+        lines = [f"| {title}: τ \\ label τ | " + " | ".join(f"{lt:g}" for lt in LABEL_TEMPERATURES)
+                 + " |", "|---|" + "---|" * len(LABEL_TEMPERATURES)]
+        for t in FEATURE_TEMPERATURES:
+            cells = []
+            for lt in LABEL_TEMPERATURES:
+                run = summary["runs"].get(grid_run(t, lt), {}).get(seed)
+                v = run["eval"].get(task, {}).get(metric) if run else None
+                cells.append("–" if v is None else f"{100 * v:.1f}")
+            lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def generated_blocks(summary: dict[str, Any]) -> dict[str, str]:
+    """RESULTS.md's generated blocks, by name."""
+    return {
+        "main": "\n\n".join([
+            "### Scores (mean ± std over seeds, ×100)",
+            table(summary, [BASE, *METHODS]),
+            f"Splits and sizes: {splits_line(summary)}. Evaluation: `--max_examples="
+            f"{summary['max_examples']} --max_len={summary['max_len']}`, mean pooling."]),
+        "mixes": table(summary, [BASE, "softmcl", *MIXES], MIX_COLUMNS, goal=True),
+        "affect": table(summary, [BASE, *AFFECT], AFFECT_COLUMNS),
+        "temperature": grid_tables(summary),
+        "compute": budget_table(summary),
+    }
+
+
+def write_results_md(summary: dict[str, Any], path: str) -> None:
+    """Replace each generated block of ``path`` in place; a missing marker is an error."""
+    text = open(path).read()
+    for name, body in generated_blocks(summary).items():
+        begin, end = f"<!-- generated: {name} begin -->", f"<!-- generated: {name} end -->"
+        if begin not in text or end not in text:
+            raise SystemExit(f"{path}: the {begin} / {end} markers are missing")
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{body}\n{end}{tail}"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(summary: dict[str, Any], path: str) -> None:
+    """Total training loss of every run of the main table, one panel per method."""
+    plt = _pyplot()
+    methods = [m for m in METHODS if m in summary["runs"]]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.2), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=False):
+        for seed, run in summary["runs"][method].items():
+            steps = [r["step"] for r in run["curve"]]
+            ax.plot(steps, [r["loss"] for r in run["curve"]], label=f"seed {seed}", lw=1.2)
+        losses = [r["loss"] for run in summary["runs"][method].values() for r in run["curve"]]
+        if min(losses) > 0 and max(losses) > 10 * min(losses):
+            ax.set_yscale("log")  # SimCSE on MiniLM: 1e-5..1e-3
+        ax.set_title(method)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (total)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_tradeoff(summary: dict[str, Any], path: str) -> None:
+    """STS-B against the goal's sentiment mean, one point per run (mean ± std over seeds), the
+    goal's two bounds dashed (the goal is per metric: a point past both lines may still miss
+    one; the table says)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    names = [n for n in (BASE, *METHODS, *MIXES) if n in summary["runs"]]
+    for name in names:
+        x, y = sentiment_mean(summary, name), scores(summary, name, "stsb", "spearman")
+        if not x or not y:
+            continue
+        (mx, sx), (my, sy) = mean_std(x), mean_std(y)
+        misses = goal_misses(summary, name)
+        marker = "*" if misses == [] else ("s" if name == BASE else "o")
+        colour = "black" if name in (BASE, *METHODS) else "tab:blue"
+        ax.errorbar(100 * mx, 100 * my, xerr=100 * sx, yerr=100 * sy, fmt=marker, ms=9 if
+                    marker == "*" else 5, color=colour, capsize=2, lw=0.8)
+        ax.annotate(_label(name), (100 * mx, 100 * my), xytext=(4, 3),
+                    textcoords="offset points", fontsize=7)
+    ax.axhline(100 * GOAL[("stsb", "spearman")], ls="--", color="tab:green", lw=0.8)
+    ax.axvline(100 * statistics.fmean(GOAL[k] for k in SENTIMENT), ls="--", color="tab:green",
+               lw=0.8, label="goal (STS-B and the sentiment goals' mean)")
+    ax.set_xlabel("sentiment: mean of SST-2 acc, EmoBank r, Warriner r (×100, dev)")
+    ax.set_ylabel("STS-B Spearman (×100, dev)")
+    ax.set_title("Meaning vs valence: the objective mixes (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_temperature(summary: dict[str, Any], path: str) -> None:
+    """EmoBank r and STS-B over feature tau x label tau (seed 0), the preset's cell outlined."""
+    import numpy as np
+
+    plt = _pyplot()
+    seed = str(summary["seeds"][0])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (task, metric, title) in zip(axes, (("emobank", "pearson", "EmoBank valence r"),
+                                                ("stsb", "spearman", "STS-B Spearman")),
+                                         strict=True):
+        grid = np.full((len(FEATURE_TEMPERATURES), len(LABEL_TEMPERATURES)), np.nan)
+        for i, t in enumerate(FEATURE_TEMPERATURES):
+            for j, lt in enumerate(LABEL_TEMPERATURES):
+                run = summary["runs"].get(grid_run(t, lt), {}).get(seed)
+                if run and metric in run["eval"].get(task, {}):
+                    grid[i, j] = 100 * run["eval"][task][metric]
+        im = ax.imshow(grid, cmap="viridis", origin="lower")
+        for (i, j), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="white")
+        i0, j0 = FEATURE_TEMPERATURES.index(0.1), LABEL_TEMPERATURES.index(0.1)
+        ax.add_patch(plt.Rectangle((j0 - 0.5, i0 - 0.5), 1, 1, fill=False, ec="red", lw=2))
+        ax.set_xticks(range(len(LABEL_TEMPERATURES)), [f"{v:g}" for v in LABEL_TEMPERATURES])
+        ax.set_yticks(range(len(FEATURE_TEMPERATURES)), [f"{v:g}" for v in FEATURE_TEMPERATURES])
+        ax.set_xlabel("label temperature (soft-target sharpness)")
+        ax.set_ylabel("feature temperature τ")
+        ax.set_title(f"{title} (×100, seed {seed}; red: the preset)")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,112 @@
+"""What benchmarks/reproduce.py runs: every training run of RESULTS.md, as a preset plus overrides.
+
+A run is ``configs/<config>.py`` with ``--config.<override>`` flags (``{data}`` stands for
+``--data_dir``), the seeds it gets (all, or the first only: the temperature grid) and the
+evaluation tasks it is scored on (the whole suite, or the few a grid surface needs). Runs come in
+groups, one per part of RESULTS.md:
+
+* ``METHODS``: the four methods of the main table, each its own preset.
+* ``MIXES``: SoftMCL plus a semantic anchor (VSP against the frozen encoder, SimCSE's InfoNCE),
+  the search for an objective that keeps both the sentiment gains and the similarity.
+* ``AFFECT``: soft labels over valence, arousal and dominance vs valence alone (the SoftMCL
+  paper's open question 1), on EmoBank train and Warriner's train words.
+* ``GRID``: SoftMCL's feature temperature x label temperature, one seed (open question 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Run:
+    """``configs/<config>.py`` plus ``--config.<override>`` flags; ``data`` says what it trains
+    on (the compute table); ``first_seed_only`` runs it for the first seed alone; ``tasks`` are
+    the evaluation tasks ("" = the whole suite)."""
+
+    config: str
+    data: str
+    overrides: tuple[str, ...] = ()
+    first_seed_only: bool = False
+    tasks: str = ""
+
+    def flags(self, data_dir: str) -> list[str]:
+        data = data_dir.rstrip("/") or "/"
+        return [f"--config.{o.format(data=data)}" for o in self.overrides]
+
+
+VADER = "shipped VADER sentences + lexicon"
+METHODS = {
+    "simcse": Run("simcse", "shipped VADER sentences (text)"),
+    "softmcl": Run("softmcl", VADER),
+    "retrofit": Run("retrofit", "goemotions/train.tsv", ("data.path={data}/goemotions/train.tsv",)),
+    "lcl": Run("lcl", "sst5/stsa.fine.train", ("data.path={data}/sst5/stsa.fine.train",)),
+}
+
+
+def vsp(weight: float, of: str = "online/masked", to: str = "frozen/masked",
+        mode: str = "pairwise") -> tuple[str, ...]:
+    """Overrides that add VSP at ``weight``. The default compares SoftMCL's own online pass
+    (masked input) with the frozen encoder on the same input: 0 at step 0 but for dropout, so it
+    measures the drift alone, and one extra forward pass without gradients."""
+    return (f"objective.vsp.weight={weight:g}", f"objective.vsp.of={of}",
+            f"objective.vsp.to={to}", f"objective.vsp.mode={mode}")
+
+
+SIMCSE_ANCHOR = ("objective.infonce.weight=1", "objective.infonce.query=online/clean",
+                 "objective.infonce.key=online/clean/2")
+MIXES = {
+    **{f"softmcl_vsp{w:g}": Run("softmcl", VADER, vsp(w)) for w in (10, 30, 100, 300)},
+    # SimCSE's own anchor: InfoNCE between two dropout views of the clean sentence.
+    "softmcl_simcse": Run("softmcl", VADER, SIMCSE_ANCHOR),
+    # MiniLM has no MLM head: the term trains a new one and sends its early gradients into the
+    # encoder. Without it, does the encoder keep more of its meaning?
+    "softmcl_mlm0": Run("softmcl", VADER, ("objective.mlm.weight=0",)),
+    "softmcl_mlm0_vsp30": Run("softmcl", VADER, ("objective.mlm.weight=0", *vsp(30))),
+    # VSP holds the similarity structure; can a larger step size buy back the sentiment gains?
+    "softmcl_vsp30_lr2e-4": Run("softmcl", VADER, (*vsp(30), "optimizer.learning_rate=2e-4")),
+}
+
+_EMOBANK_VAD = ("data.path={data}/emobank/emobank.csv",
+                "data.lexicon={data}/warriner_vad/Ratings_Warriner_et_al.csv",
+                "data.lexicon_words={data}/warriner_vad/splits/train.txt")
+AFFECT = {
+    "softmcl_vad": Run("softmcl_vad", "EmoBank train + Warriner train words (V, A, D)",
+                       _EMOBANK_VAD),
+    "softmcl_v": Run("softmcl_vad", "EmoBank train + Warriner train words (V only)",
+                     (*_EMOBANK_VAD, "objective.soft_sentence.labels=('valence',)",
+                      "objective.soft_sentence.label_weights=(1.0,)",
+                      "objective.soft_word.labels=('valence',)",
+                      "objective.soft_word.label_weights=(1.0,)")),
+}
+
+# Feature temperature tau x label temperature (the paper's lambda); the preset has 0.1 x 0.1.
+FEATURE_TEMPERATURES = (0.05, 0.1, 0.2, 0.4)
+LABEL_TEMPERATURES = (0.05, 0.1, 0.2, 0.4)
+GRID_TASKS = "sst2,emobank,warriner,stsb"
+
+
+PRESET_TEMPERATURES = (0.1, 0.1)  # configs/softmcl.py's (a test checks)
+
+
+def grid_run(tau: float, label_tau: float) -> str:
+    """The run of a grid cell; the preset's own cell is the softmcl run (its first seed)."""
+    return "softmcl" if (tau, label_tau) == PRESET_TEMPERATURES else f"grid_t{tau:g}_l{label_tau:g}"
+
+
+GRID = {
+    grid_run(t, lt): Run("softmcl", VADER, tuple(
+        f"objective.{term}.{knob}={value:g}" for term in ("soft_sentence", "soft_word")
+        for knob, value in (("temperature", t), ("label_temperature", lt))),
+        first_seed_only=True, tasks=GRID_TASKS)
+    for t in FEATURE_TEMPERATURES for lt in LABEL_TEMPERATURES
+    if (t, lt) != PRESET_TEMPERATURES
+}
+
+RUNS: dict[str, Run] = {**METHODS, **MIXES, **AFFECT, **GRID}
+
+# Issue 15's goal, all at once (means over seeds, dev): SoftMCL's sentiment scores of the
+# padded-era RESULTS.md and the base encoder's similarity. (task, metric) -> at least.
+GOAL = {("stsb", "spearman"): 0.865, ("sst2", "acc"): 0.834, ("emobank", "pearson"): 0.624,
+        ("warriner", "pearson"): 0.785}
+SENTIMENT = (("sst2", "acc"), ("emobank", "pearson"), ("warriner", "pearson"))
