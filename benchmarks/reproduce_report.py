@@ -141,7 +141,11 @@ def splits_line(summary: dict[str, Any]) -> str:
 def budget_table(summary: dict[str, Any]) -> str:
     """Wall-clock minutes per seed of every run; the grid as one row (its total)."""
     lines = ["| run | training data | steps × batch | lr | seeds | train min/seed | "
-             "eval min/seed | SST-2 fine-tune min/seed |", "|---|---|---|---|---|---|---|---|"]
+             "eval min/seed | SST-2 fine-tune min/seed | trained at |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def commits(seeds: Iterable[dict[str, Any]]) -> str:
+        return ", ".join(sorted({s.get("commit", "unknown") for s in seeds})) or "–"
 
     def minutes(seeds: Iterable[dict[str, Any]], key: str) -> str:
         xs = [s[key] / 60 for s in seeds if key in s]
@@ -156,21 +160,22 @@ def budget_table(summary: dict[str, Any]) -> str:
         if name == BASE:
             lines.append(f"| {_label(BASE, summary)} | – | – | – | {len(seeds)} | – | "
                          f"{minutes(seeds, 'eval_seconds')} | "
-                         f"{minutes(seeds, 'finetune_seconds')} |")
+                         f"{minutes(seeds, 'finetune_seconds')} | – |")
             continue
         first = seeds[0]
         lines.append(f"| {_label(name, summary)} | {RUNS[name].data} | {first['steps']} × "
                      f"{first['batch_size']} | "
                      f"{first['learning_rate']:g} | {len(seeds)} | "
                      f"{minutes(seeds, 'train_seconds')} | {minutes(seeds, 'eval_seconds')} | "
-                     f"{minutes(seeds, 'finetune_seconds')} |")
+                     f"{minutes(seeds, 'finetune_seconds')} | {commits(seeds)} |")
     if grid:
         seeds = [s for n in grid for s in runs[n].values()]
         total = sum(s.get("train_seconds", 0) + s.get("eval_seconds", 0) for s in seeds) / 60
         lines.append(f"| temperature grid ({len(grid)} runs, {GRID_SCORED_ON}) | "
                      f"{RUNS[grid[0]].data} | {seeds[0]['steps']} × {seeds[0]['batch_size']} | "
                      f"{seeds[0]['learning_rate']:g} | 1 | {minutes(seeds, 'train_seconds')} | "
-                     f"{minutes(seeds, 'eval_seconds')} | – (total {total:.0f} min) |")
+                     f"{minutes(seeds, 'eval_seconds')} | – (total {total:.0f} min) | "
+                     f"{commits(seeds)} |")
     if summary.get("archived"):
         lines += ["", ARCHIVED_NOTE]
     return "\n".join(lines)
@@ -274,8 +279,19 @@ def plot_tradeoff(summary: dict[str, Any], path: str) -> None:
         colour = "black" if name in (BASE, *METHODS) else "tab:blue"
         ax.errorbar(100 * mx, 100 * my, xerr=100 * sx, yerr=100 * sy, fmt=marker, ms=9 if
                     marker == "*" else 5, color=colour, capsize=2, lw=0.8)
-        ax.annotate(_label(name), (100 * mx, 100 * my), xytext=(4, 3),
+        ax.annotate(_label(name, summary), (100 * mx, 100 * my), xytext=(4, 3),
                     textcoords="offset points", fontsize=7)
+    # The VSP weight's curve: SoftMCL (lambda = 0) through the softmcl_vspN runs.
+    curve = [("softmcl", 0.0)] + sorted(
+        ((n, float(n.removeprefix("softmcl_vsp"))) for n in MIXES
+         if n.removeprefix("softmcl_vsp").replace(".", "").isdigit()), key=lambda t: t[1])
+    done = [(n, w) for n, w in curve
+            if sentiment_mean(summary, n) and scores(summary, n, "stsb", "spearman")]
+    if len(done) > 1:
+        xs = [100 * mean_std(sentiment_mean(summary, n))[0] for n, _ in done]
+        ys = [100 * mean_std(scores(summary, n, "stsb", "spearman"))[0] for n, _ in done]
+        ax.plot(xs, ys, color="tab:blue", lw=0.8, alpha=0.6,
+                label="SoftMCL + VSP, λ = " + ", ".join(f"{w:g}" for _, w in done))
     ax.axhline(100 * GOAL[("stsb", "spearman")], ls="--", color="tab:green", lw=0.8)
     ax.axvline(100 * statistics.fmean(GOAL[k] for k in SENTIMENT), ls="--", color="tab:green",
                lw=0.8, label="goal (STS-B and the sentiment goals' mean)")

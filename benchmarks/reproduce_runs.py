@@ -55,16 +55,29 @@ def vsp(weight: float, of: str = "online/masked", to: str = "frozen/masked",
 
 SIMCSE_ANCHOR = ("objective.infonce.weight=1", "objective.infonce.query=online/clean",
                  "objective.infonce.key=online/clean/2")
+EMA_ANCHOR = ("objective.infonce.weight=1", "objective.infonce.query=online/masked",
+              "objective.infonce.key=ema/clean")
 MIXES = {
     **{f"softmcl_vsp{w:g}": Run("softmcl", VADER, vsp(w)) for w in (10, 30, 100, 300)},
     # SimCSE's own anchor: InfoNCE between two dropout views of the clean sentence.
     "softmcl_simcse": Run("softmcl", VADER, SIMCSE_ANCHOR),
+    # SimCSE kept the emotion and EmoBank gains but half the similarity; VSP the reverse.
+    "softmcl_simcse_vsp10": Run("softmcl", VADER, (*SIMCSE_ANCHOR, *vsp(10))),
+    # The same anchor at no extra encoder pass: the positive of the masked sentence is its own
+    # clean momentum key (both passes run for SoftMCL anyway); SimCSE's two dropout views cost
+    # two more passes with gradients (1.8x the step time).
+    "softmcl_ema_infonce": Run("softmcl", VADER, EMA_ANCHOR),
+    "softmcl_ema_infonce_vsp10": Run("softmcl", VADER, (*EMA_ANCHOR, *vsp(10))),
     # MiniLM has no MLM head: the term trains a new one and sends its early gradients into the
     # encoder. Without it, does the encoder keep more of its meaning?
     "softmcl_mlm0": Run("softmcl", VADER, ("objective.mlm.weight=0",)),
-    "softmcl_mlm0_vsp30": Run("softmcl", VADER, ("objective.mlm.weight=0", *vsp(30))),
     # VSP holds the similarity structure; can a larger step size buy back the sentiment gains?
     "softmcl_vsp30_lr2e-4": Run("softmcl", VADER, (*vsp(30), "optimizer.learning_rate=2e-4")),
+    # Under VSP the sentence-level valence gain (EmoBank) goes first: weigh that term up.
+    "softmcl_vsp10_sent3": Run("softmcl", VADER, (*vsp(10), "objective.soft_sentence.weight=3")),
+    # More past keys: finer valence neighbourhoods for the soft targets (8x the preset's queues).
+    "softmcl_vsp30_q8x": Run("softmcl", VADER, (*vsp(30), "objective.soft_sentence.queue_size=8192",
+                                                 "objective.soft_word.queue_size=32768")),
 }
 
 _EMOBANK_VAD = ("data.path={data}/emobank/emobank.csv",

@@ -34,7 +34,7 @@ def _fake_run(runs, method, seed, acc, with_training=True):
             for step in (10, 20):
                 f.write(json.dumps({"step": step, "loss": 1.0 / step}) + "\n")
         with open(os.path.join(out, "train_seconds.json"), "w") as f:
-            json.dump({"seconds": 120.0}, f)
+            json.dump({"seconds": 120.0, "commit": "abc1234"}, f)
 
 
 @pytest.fixture
@@ -75,6 +75,7 @@ def test_results_md_keeps_the_prose_around_the_markers(args, tmp_path):
     text = path.read_text()
     assert text.startswith("# R\n\nprose before") and text.endswith("prose after compute\n")
     assert "old" not in text and "SST-2 acc" in text and "20 × 32" in text
+    assert "| 2.0 | 1.0 | – | abc1234 |" in text  # minutes per seed and the commit trained at
     assert all(f"prose after {n}" in text for n in ("main", "mixes", "affect", "temperature"))
     path.write_text(path.read_text().replace("<!-- generated: affect end -->", ""))
     with pytest.raises(SystemExit, match="affect end"):
