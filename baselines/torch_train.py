@@ -108,6 +108,12 @@ def preset_of(config: Any) -> str:
     Raises ``ValueError`` for any other set of terms, and for a preset term whose passes or heads
     differ from the preset's (:data:`STRUCTURE`).
     """
+    scheduled = sorted(t for t in config.objective
+                       if config.objective[t].get("weight_end") is not None
+                       and config.objective[t].weight_end != config.objective[t].weight)
+    if scheduled:
+        raise ValueError(f"config.objective.{scheduled[0]}.weight_end is set: the PyTorch "
+                         "baseline has constant term weights only")
     active = frozenset(active_terms(config))
     name = next((n for n, (needed, optional) in PRESET_TERMS.items()
                  if needed <= active <= needed | optional), None)

@@ -68,6 +68,9 @@ MIXES = {
     # two more passes with gradients (1.8x the step time).
     "softmcl_ema_infonce": Run("softmcl", VADER, EMA_ANCHOR),
     "softmcl_ema_infonce_vsp10": Run("softmcl", VADER, (*EMA_ANCHOR, *vsp(10))),
+    # A lambda schedule: SoftMCL free at first (the sentiment restructuring), VSP ramped in to
+    # pull the similarity structure back by the end.
+    "softmcl_vsp0to30": Run("softmcl", VADER, (*vsp(0), "objective.vsp.weight_end=30")),
     # MiniLM has no MLM head: the term trains a new one and sends its early gradients into the
     # encoder. Without it, does the encoder keep more of its meaning?
     "softmcl_mlm0": Run("softmcl", VADER, ("objective.mlm.weight=0",)),

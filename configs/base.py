@@ -165,4 +165,8 @@ def get_objective() -> ml_collections.ConfigDict:
     # Cross-entropy of a linear classifier head / of LCL's weighting network (an MLP head).
     o.ce = dict(weight=0.0, of="online/clean", head="classifier")
     o.weighting_ce = dict(weight=0.0, of="online/clean", head="weighting")
+    for term in o.values():
+        # Unset: the weight is constant. Set: it moves linearly from `weight` at step 0 to
+        # `weight_end` at total_steps (an anchor that decays, or a term that ramps in).
+        term.weight_end = config_dict.placeholder(float)
     return o

@@ -48,9 +48,18 @@ PAPERS = {
 
 
 def active_terms(config: Mapping[str, Any]) -> dict[str, float]:
-    """``{term: weight}`` of the objective's terms with ``weight > 0``, in config order."""
+    """``{term: weight}`` of the objective's terms that are on (``weight > 0``, or a
+    ``weight_end > 0`` it ramps to), in config order."""
     return {name: float(t["weight"]) for name, t in dict(config["objective"]).items()
-            if float(t["weight"]) > 0}
+            if float(t["weight"]) > 0 or float(t.get("weight_end") or 0) > 0}
+
+
+def _weight(config: Mapping[str, Any], term: str, weight: float) -> str:
+    """``"1"``, or ``"(100 -> 0 linearly)"`` for a scheduled weight."""
+    end = dict(config["objective"])[term].get("weight_end")
+    if end is None or float(end) == weight:
+        return f"{weight:g}"
+    return f"({weight:g} -> {float(end):g} linearly)"
 
 
 def base_model(name_or_path: str) -> tuple[str | None, str | None]:
@@ -91,7 +100,7 @@ def _training(config: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
     count = info.get("train_sentences")
     lines = ["## Training", "",
              f"- Method: `{config.get('name') or 'custom'}` (softmcl_jax), "
-             f"loss = {' + '.join(f'{w:g} * {t}' for t, w in terms.items())}",
+             f"loss = {' + '.join(f'{_weight(config, t, w)} * {t}' for t, w in terms.items())}",
              f"- Base model: `{model['name_or_path']}`; pooling `{model['pooling']}`, "
              f"max length {model['max_len']} tokens, dtype `{model['dtype']}`",
              f"- Training data: {described}{where}"

@@ -84,7 +84,8 @@ class QueueSpec:
 class Plan:
     """What the active terms need; see the module docstring."""
 
-    weights: tuple[tuple[str, float], ...]  # (term, weight), weight > 0, in registry order
+    weights: tuple[tuple[str, float], ...]  # (term, weight at step 0), in registry order
+    weight_ends: tuple[tuple[str, float], ...]  # (term, weight at total_steps), scheduled only
     passes: tuple[Pass, ...]
     heads: tuple[tuple[str, str], ...]  # (name, kind), sorted by name
     ema: bool
@@ -103,7 +104,9 @@ class Plan:
                            + (" +MLM logits" if p.mlm_logits else "") for p in self.passes)
         heads = ", ".join(f"{n} ({k})" for n, k in self.heads) or "none"
         queues = ", ".join(f"{q.name} {q.size}" for q in self.queues) or "none"
-        terms = " + ".join(f"{w:g}*{t}" for t, w in self.weights)
+        ends = dict(self.weight_ends)
+        terms = " + ".join(f"{w:g}{f'->{ends[t]:g}' if t in ends else ''}*{t}"
+                           for t, w in self.weights)
         return (f"objective: loss = {terms}; passes: {passes}; heads: {heads}; momentum (EMA) "
                 f"copy: {'yes' if self.ema else 'no'}; frozen copy: "
                 f"{'yes' if self.frozen else 'no'}; queues: {queues}; batch arrays: "
@@ -117,13 +120,17 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
     if unknown:
         raise ValueError(f"config.objective.{unknown[0]} is not a loss term; the terms are "
                          f"{sorted(TERMS)}")
-    weights = []
+    weights, weight_ends = [], []
     for name in TERMS:
-        w = objective[name].weight
-        if not np.isfinite(w) or w < 0:
-            raise ValueError(f"config.objective.{name}.weight={w!r} must be >= 0 (0 = off)")
-        if w > 0:
+        w, end = objective[name].weight, objective[name].get("weight_end")
+        for field, value in (("weight", w), ("weight_end", end)):
+            if value is not None and (not np.isfinite(value) or value < 0):
+                raise ValueError(f"config.objective.{name}.{field}={value!r} must be >= 0 "
+                                 "(0 = off)")
+        if w > 0 or (end is not None and end > 0):  # a term that ramps in from 0 is on
             weights.append((name, float(w)))
+            if end is not None and end != w:
+                weight_ends.append((name, float(end)))
     if not weights:
         raise ValueError(f"no loss term is on: set config.objective.<term>.weight > 0 for one "
                          f"of {sorted(TERMS)}")
@@ -164,7 +171,8 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
         for copy in COPIES for inp in INPUTS if (copy, inp) in views)
     if config.data.packing:
         batch = {PACKED.get(k, k) for k in batch} | set(PACKING_KEYS)
-    return Plan(weights=tuple(weights), passes=passes, heads=tuple(sorted(heads.items())),
+    return Plan(weights=tuple(weights), weight_ends=tuple(weight_ends), passes=passes,
+                heads=tuple(sorted(heads.items())),
                 ema=any(p.copy == "ema" for p in passes),
                 frozen=any(p.copy == "frozen" for p in passes), queues=tuple(queues),
                 batch_keys=tuple(sorted(batch)), data=tuple(data))
@@ -313,18 +321,36 @@ class Context:
         return self._view(name, self._cache[key], view)
 
 
+def term_weight(the_plan: Plan, name: str, step: jax.Array | int, total_steps: int
+                ) -> jax.Array | float:
+    """The weight of term ``name`` at ``step``: constant, or linear from ``weight`` at step 0 to
+    ``weight_end`` at ``total_steps`` (held there after)."""
+    start = dict(the_plan.weights)[name]
+    end = dict(the_plan.weight_ends).get(name)
+    if end is None:
+        return start
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 0.0, 1.0)
+    return start + (end - start) * frac
+
+
 def loss(model: Model, the_plan: Plan, config: ml_collections.ConfigDict, params: Any,
          ema: Any, frozen: Any, batch: dict[str, jax.Array], queues: dict[str, Any],
-         rng: jax.Array) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
-    """``sum_t weight_t * loss_t`` and (metrics, {queue name: (keys, values, valid)}).
+         rng: jax.Array, step: jax.Array | int = 0
+         ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
+    """``sum_t weight_t(step) * loss_t`` and (metrics, {queue name: (keys, values, valid)});
+    a scheduled term's weight is in the metrics as ``weight/<t>``.
 
     Differentiable in ``params`` only: the EMA and frozen copies pass through ``stop_gradient``.
     """
     ctx = Context(model, the_plan, config, params, ema, frozen, batch, queues, rng)
     total, metrics, enqueue = 0.0, {}, {}
-    for name, weight in the_plan.weights:
+    scheduled = dict(the_plan.weight_ends)
+    for name, _ in the_plan.weights:
         out = TERMS[name].loss(ctx, config.objective[name])
+        weight = term_weight(the_plan, name, step, config.total_steps)
         total = total + weight * out.value
+        if name in scheduled:
+            metrics[f"weight/{name}"] = weight
         metrics[f"loss/{name}"] = out.value
         metrics.update(out.metrics)
         if name in queues:

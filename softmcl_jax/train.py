@@ -152,7 +152,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], constants: dict[s
 
     def loss_fn(params):
         return objective.loss(model, the_plan, config, params, state.ema_params,
-                              constants.get("frozen"), batch, state.queues, rng)
+                              constants.get("frozen"), batch, state.queues, rng, state.step)
 
     (loss, (metrics, to_enqueue)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)

@@ -176,6 +176,9 @@ def test_preset_of_reads_the_active_terms():
         tt.preset_of(load_config("simcse", **{"objective.vsp.weight": 1.0}))
     with pytest.raises(ValueError, match=r"config.objective.infonce.key='ema/clean'"):
         tt.preset_of(load_config("simcse", **{"objective.infonce.key": "ema/clean"}))
+    with pytest.raises(ValueError, match=r"config.objective.vsp.weight_end is set: the PyTorch "
+                                         r"baseline has constant term weights only"):
+        tt.preset_of(load_config("retrofit", **{"objective.vsp.weight_end": 0.0}))
 
 
 @pytest.mark.slow

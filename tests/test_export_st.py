@@ -152,6 +152,13 @@ def test_model_card_is_hub_metadata_and_says_what_was_trained(preset, tmp_path):
     assert ("SoftMCL" in card.text.split("## Citation")[1]) == (preset == "softmcl")
 
 
+def test_model_card_states_a_scheduled_weight():
+    config = load_config("softmcl", **{"objective.vsp.weight": 0.0,
+                                       "objective.vsp.weight_end": 10.0})
+    text = model_card.render(config.to_dict(), INFO)
+    assert "(0 -> 10 linearly) * vsp" in text and "1 * soft_sentence" in text
+
+
 def test_the_cards_usage_snippets_run_and_agree(tmp_path):
     """The card's sentence-transformers and softmcl_jax snippets, run as written on the export."""
     import re

@@ -116,6 +116,20 @@ def test_a_head_used_as_two_kinds_is_refused():
         config_check.validate(config)
 
 
+def test_a_scheduled_weight_is_planned_described_and_validated():
+    p = config_check.validate(preset("softmcl", **{"objective.vsp.weight": 0.0,
+                                                   "objective.vsp.weight_end": 10.0}))
+    assert p.terms[-1] == "vsp" and p.frozen  # ramps in from 0: on
+    assert p.weight_ends == (("vsp", 10.0),) and "0->10*vsp" in p.describe()
+    assert objective.term_weight(p, "mlm", 7, 100) == 0.1  # unscheduled: constant
+    assert float(objective.term_weight(p, "vsp", 25, 100)) == pytest.approx(2.5)
+    assert float(objective.term_weight(p, "vsp", 250, 100)) == pytest.approx(10.0)  # held
+    same = config_check.validate(preset("softmcl", **{"objective.mlm.weight_end": 0.1}))
+    assert same.weight_ends == ()  # an end equal to the weight is no schedule
+    with pytest.raises(ValueError, match=r"config.objective.vsp.weight_end=-1.0 must be >= 0"):
+        config_check.validate(preset("softmcl", **{"objective.vsp.weight_end": -1.0}))
+
+
 # ------------------------------------------------------------------ in the step: the passes
 
 
@@ -319,6 +333,34 @@ def test_mixes_train_every_term(mix, tmp_path, model_dir):
         print(f"{mix}: VSP to the frozen encoder after 30 steps: {float(end['vsp']):.4f} with "
               f"the term, {drift:.4f} without it")
         assert float(end["vsp"]) < 0.5 * drift
+
+
+def test_a_scheduled_weight_is_the_constant_weight_of_its_step(tmp_path, model_dir):
+    """loss(step) with vsp.weight 100 -> 0 equals, at each step, the loss of a config whose vsp
+    weight is the constant 100 * (1 - step / total_steps): the schedule is exactly linear."""
+    config = mix_config("softmcl+vsp", tmp_path, model_dir)
+    config.objective.vsp.weight_end = 0.0
+    the_plan, model, mesh, pipeline = _setup(config)
+    setup = train.setup_step(model, config, mesh, the_plan)
+    state = setup.init()
+    batch = {k: pipeline.batch(0)[k] for k in the_plan.batch_keys}
+    frozen = setup.step_fn.constants.get("frozen")
+    # The online copy must differ from the frozen one for VSP to be non-zero.
+    params = jax.tree.map(lambda x: x * 1.01, state.params)
+    total = config.total_steps
+    for step in (0, total // 5, total // 2, total, 2 * total):
+        got, (metrics, _) = objective.loss(model, the_plan, config, params, state.ema_params,
+                                           frozen, batch, state.queues, jax.random.key(0), step)
+        fixed = config.copy_and_resolve_references()
+        fixed.objective.vsp.update(weight=100.0 * max(1 - step / total, 0.0), weight_end=None)
+        fixed_plan = config_check.validate(fixed) if fixed.objective.vsp.weight > 0 else None
+        want, _ = objective.loss(model, fixed_plan or the_plan, fixed, params, state.ema_params,
+                                 frozen, batch, state.queues, jax.random.key(0))
+        if fixed_plan is None:  # weight 0: the term is off, so its contribution is removed
+            want = want - 100.0 * metrics["loss/vsp"]
+        assert float(metrics["loss/vsp"]) > 1e-6
+        assert float(got) == pytest.approx(float(want), rel=1e-6), step
+        assert float(metrics["weight/vsp"]) == pytest.approx(100.0 * max(1 - step / total, 0))
 
 
 def _train(setup, state, pipeline, the_plan, steps: int):
