@@ -64,6 +64,8 @@ def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]
     out = []
     for field in sorted(set(a) | set(b)):
         old, now = a.get(field, missing), b.get(field, missing)
+        if old is missing and now is None:
+            continue  # a field added since the run started, left unset: the old behaviour
         if old != now and not _may_change(field):
             show = lambda v: "(absent)" if v is missing else json.dumps(v)
             out.append(f"{field}: {show(old)} -> {show(now)}")

@@ -139,6 +139,19 @@ def test_resume_refuses_a_changed_config(model_dir, tmp_path):
     assert json.load(open(path))["total_steps"] == 6
 
 
+def test_a_field_added_since_the_run_started_and_left_unset_is_no_change():
+    from softmcl_jax.workdir import config_differences
+
+    stored = {"objective": {"vsp": {"weight": 1.0}}}
+    assert config_differences(stored, {"objective": {"vsp": {"weight": 1.0,
+                                                             "weight_end": None}}}) == []
+    assert config_differences(stored, {"objective": {"vsp": {"weight": 1.0, "weight_end": 0.0}}}
+                              ) == ["objective.vsp.weight_end: (absent) -> 0.0"]
+    assert config_differences({"objective": {"vsp": {"weight": 1.0, "weight_end": 0.0}}},
+                              {"objective": {"vsp": {"weight": 1.0, "weight_end": None}}}
+                              ) == ["objective.vsp.weight_end: 0.0 -> null"]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
