@@ -68,6 +68,8 @@ MIXES = {
     # two more passes with gradients (1.8x the step time).
     "softmcl_ema_infonce": Run("softmcl", VADER, EMA_ANCHOR),
     "softmcl_ema_infonce_vsp10": Run("softmcl", VADER, (*EMA_ANCHOR, *vsp(10))),
+    "softmcl_ema_infonce_vsp3": Run("softmcl", VADER, (*EMA_ANCHOR, *vsp(3))),
+    "softmcl_ema_infonce3": Run("softmcl", VADER, (*EMA_ANCHOR[1:], "objective.infonce.weight=3")),
     # A lambda schedule: SoftMCL free at first (the sentiment restructuring), VSP ramped in to
     # pull the similarity structure back by the end.
     "softmcl_vsp0to30": Run("softmcl", VADER, (*vsp(0), "objective.vsp.weight_end=30")),

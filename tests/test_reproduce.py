@@ -4,6 +4,7 @@ goal check, the RESULTS.md rewrite, plots, resumption, the runs as presets plus 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -214,3 +215,33 @@ def test_runs_are_presets_with_overrides(args, monkeypatch):
                              "--config.objective.vsp.of=online/masked",
                              "--config.objective.vsp.to=frozen/masked",
                              "--config.objective.vsp.mode=pairwise"]
+
+
+def test_every_run_is_a_valid_config():
+    """Each run's preset plus overrides parses as main.py parses it and passes validate(), so a
+    typo in a run definition fails here, not hours into a reproduction."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from softmcl_jax import config_check
+
+    for name, run in reproduce_runs.RUNS.items():
+        argv = ["main.py", f"--config={os.path.join(reproduce.ROOT, 'configs', run.config)}.py",
+                *run.flags("DATA")]
+        fv = flags.FlagValues()
+        # The --config.<field> flags are defined from the command line, as in main.py.
+        config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
+        fv(argv)
+        config = fv.config
+        the_plan = config_check.validate(config)
+        for override in run.overrides:  # every override took effect
+            field, value = override.split("=", 1)
+            got = config
+            for key in field.split("."):
+                got = got[key]
+            want = value.replace("{data}", "DATA")
+            same = (float(want) == got if isinstance(got, float) else
+                    tuple(got) == ast.literal_eval(want) if isinstance(got, tuple) else
+                    str(got) == want)
+            assert same, (name, override, got)
+        assert the_plan.terms, name
