@@ -456,7 +456,7 @@ def _flat_keys(config, prefix=""):
 
 
 @pytest.mark.parametrize("name", ["softmcl", "simcse", "softcse", "retrofit", "lcl", "softmcl_vad",
-                                  "softmcl_vsp"])
+                                  "softmcl_anchored"])
 def test_presets_only_set_fields_that_base_declares(name):
     """A preset that added a field would be a hidden default: base.py declares every field."""
     base = runpy.run_path(os.path.join(tu.ROOT, "configs", "base.py"))["get_base"]()
@@ -464,26 +464,28 @@ def test_presets_only_set_fields_that_base_declares(name):
 
 
 def test_the_meaning_keeping_preset_is_the_measured_mix():
-    """configs/softmcl_vsp.py is the softmcl_vsp10 run of RESULTS.md: SoftMCL's preset plus the
-    reproduction's VSP overrides, nothing else; its plan adds only the frozen masked pass."""
+    """configs/softmcl_anchored.py is the softmcl_ema_infonce run of RESULTS.md: SoftMCL's preset
+    plus the reproduction's overrides, nothing else; it adds no encoder pass, only a head."""
     sys.path.insert(0, os.path.join(tu.ROOT, "benchmarks"))
     import reproduce_runs
 
-    run = reproduce_runs.MIXES["softmcl_vsp10"]
-    ours, plain = preset("softmcl_vsp"), preset("softmcl")
-    assert run.config == "softmcl" and ours.name == "softmcl_vsp"
-    for override in run.overrides:  # e.g. objective.vsp.weight=10
+    run = reproduce_runs.MIXES["softmcl_ema_infonce"]
+    ours, plain = preset("softmcl_anchored"), preset("softmcl")
+    assert run.config == "softmcl" and ours.name == "softmcl_anchored"
+    for override in run.overrides:  # e.g. objective.infonce.key=ema/clean
         field, value = override.split("=")
         got = ours
         for key in field.split("."):
             got = got[key]
         assert (f"{got:g}" if isinstance(got, float) else str(got)) == value, override
+    assert ours.objective.infonce.to_dict() == dict(
+        plain.objective.infonce.to_dict(), weight=1.0, query="online/masked", key="ema/clean")
     ours.name = plain.name
-    ours.objective.vsp = plain.objective.vsp  # what is left must be SoftMCL's preset
+    ours.objective.infonce = plain.objective.infonce  # what is left must be SoftMCL's preset
     assert ours.to_dict() == plain.to_dict()
-    p, q = config_check.validate(preset("softmcl_vsp")), config_check.validate(plain)
-    assert {x.name for x in p.passes} == {x.name for x in q.passes} | {"frozen/masked"}
-    assert p.terms == (*q.terms, "vsp") and p.frozen
+    p, q = config_check.validate(preset("softmcl_anchored")), config_check.validate(plain)
+    assert [x.name for x in p.passes] == [x.name for x in q.passes]
+    assert p.terms == (*q.terms[:3], "infonce") and dict(p.heads)["projection"] == "projection"
 
 
 def test_a_term_without_its_data_is_refused(model_dir):
