@@ -85,14 +85,20 @@ def sentiment_mean(summary: dict[str, Any], name: str) -> list[float]:
 
 def goal_misses(summary: dict[str, Any], name: str) -> list[str] | None:
     """The goal's metrics whose mean over seeds is below the goal (None: not all scored)."""
-    misses = []
+    gaps = goal_gaps(summary, name)
+    return None if gaps is None else [task for task, _ in gaps]
+
+
+def goal_gaps(summary: dict[str, Any], name: str) -> list[tuple[str, float]] | None:
+    """(task, mean - bound) for each goal metric below its bound (None: not all scored)."""
+    gaps = []
     for (task, metric), at_least in GOAL.items():
         vals = scores(summary, name, task, metric)
         if not vals:
             return None
         if statistics.fmean(vals) < at_least:
-            misses.append(task)
-    return misses
+            gaps.append((task, statistics.fmean(vals) - at_least))
+    return gaps
 
 
 def _label(name: str, summary: dict[str, Any] | None = None) -> str:
@@ -122,9 +128,9 @@ def table(summary: dict[str, Any], names: Iterable[str],
         if goal:
             senti = sentiment_mean(summary, name)
             cells.append(f"{100 * mean_std(senti)[0]:.1f}" if senti else "–")
-            misses = goal_misses(summary, name)
-            cells.append("–" if misses is None else
-                         "**met**" if not misses else "below on " + ", ".join(misses))
+            gaps = goal_gaps(summary, name)
+            cells.append("–" if gaps is None else "**met**" if not gaps else
+                         "below: " + ", ".join(f"{t} {100 * g:+.2f}" for t, g in gaps))
         lines.append(f"| {_label(name, summary)} | {len(runs[name])} | " + " | ".join(cells)
                      + " |")
     if any(name in summary.get("archived", ()) for name in names):

@@ -120,7 +120,8 @@ def test_goal_is_checked_on_means_over_seeds():
     assert report.sentiment_mean(summary, "d") == []
     names = ["a", "b", "c", "d"]
     rows = report.table(summary, names, report.MIX_COLUMNS, goal=True).splitlines()[2:]
-    assert rows[0].endswith("| **met** |") and rows[1].endswith("| below on stsb |")
+    assert rows[0].endswith("| **met** |") and rows[1].endswith("| below: stsb -0.50 |")
+    assert rows[2].endswith("| below: emobank -2.40, warriner -8.50 |")
     assert rows[3].endswith("| – |")
 
 
