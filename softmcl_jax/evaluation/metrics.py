@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _normalise(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row L2-normalised (float64; an all-zero row stays zero)."""
     x = np.asarray(x, np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -28,7 +29,7 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, *, chunk: int 
     Ties in similarity are broken by item index (a stable sort), so the result is deterministic.
     Memory is O(chunk * N).
     """
-    x = _normalise(embeddings)
+    x = unit_rows(embeddings)
     labels = np.asarray(labels)
     n = len(x)
     if n != len(labels):
@@ -76,7 +77,7 @@ def clustering_metrics(embeddings: np.ndarray, labels: np.ndarray, *, seed: int 
         raise ValueError(f"clustering needs at least 2 classes and more items than classes "
                          f"(got {len(labels)} items, {k} classes)")
     pred = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(
-        _normalise(embeddings))
+        unit_rows(embeddings))
     return {"ami": float(adjusted_mutual_info_score(labels, pred)),
             "ari": float(adjusted_rand_score(labels, pred)),
             "fms": float(fowlkes_mallows_score(labels, pred))}
@@ -95,4 +96,4 @@ def correlation(pred: np.ndarray, gold: np.ndarray, kind: str = "pearson") -> fl
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity of two (N, H) arrays."""
-    return (_normalise(a) * _normalise(b)).sum(axis=1)
+    return (unit_rows(a) * unit_rows(b)).sum(axis=1)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from softmcl_jax.data.records import Sentence
+from softmcl_jax.evaluation.metrics import cosine_rows, unit_rows
 
 
 def valence_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
@@ -63,7 +64,7 @@ def similarity_pairs(base_x: np.ndarray, *, neighbours: int = 5, random_partners
     n = len(base_x)
     if n < 2:
         raise ValueError(f"need at least 2 sentences for pairs, got {n}")
-    e = _unit(base_x)
+    e = unit_rows(base_x)
     sim = e @ e.T
     np.fill_diagonal(sim, -np.inf)
     k = min(neighbours, n - 1)
@@ -84,16 +85,9 @@ def similarity_kept(base_x: np.ndarray, x: np.ndarray, pairs: np.ndarray) -> flo
 
     if base_x.shape[0] != x.shape[0]:
         raise ValueError(f"base_x has {base_x.shape[0]} rows, x has {x.shape[0]}")
-    a, b = _unit(base_x), _unit(x)
     i, j = pairs[:, 0], pairs[:, 1]
-    before = np.sum(a[i] * a[j], axis=1)
-    after = np.sum(b[i] * b[j], axis=1)
-    return float(spearmanr(before, after).statistic)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return float(spearmanr(cosine_rows(base_x[i], base_x[j]),
+                           cosine_rows(x[i], x[j])).statistic)
 
 
 # --- the held-out split ----------------------------------------------------------------------
