@@ -167,9 +167,10 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
             for name in ("train_seconds", "eval_seconds", "finetune_seconds"):
                 p = os.path.join(out, f"{name}.json")
                 if os.path.exists(p):
-                    entry[name] = _read_json(p)["seconds"]
+                    record = _read_json(p)
+                    entry[name] = record["seconds"]
                     if name == "train_seconds":
-                        entry["commit"] = _read_json(p).get("commit", "unknown")
+                        entry["commit"] = record.get("commit", "unknown")
             if method != BASE:
                 config = _read_json(os.path.join(out, "config.json"))
                 entry["steps"] = config["total_steps"]

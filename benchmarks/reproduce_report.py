@@ -16,16 +16,18 @@ from reproduce_runs import (
     AFFECT,
     FEATURE_TEMPERATURES,
     GOAL,
+    GRID_TASKS,
     LABEL_TEMPERATURES,
     METHODS,
     MIXES,
     RUNS,
     SENTIMENT,
+    VSP_WEIGHTS,
     grid_run,
+    vsp_run,
 )
 
 BASE = "base"
-GRID_SCORED_ON = "scored on SST-2, EmoBank, Warriner, STS-B"  # reproduce_runs.GRID_TASKS
 Column = tuple[str, str, str]  # (task, metric, title)
 
 # The main table: every task of the suite.
@@ -123,8 +125,11 @@ def table(summary: dict[str, Any], names: Iterable[str],
         cells = []
         for task, metric, _ in columns:
             vals = scores(summary, name, task, metric)
-            cells.append(f"{100 * mean_std(vals)[0]:.1f} ± {100 * mean_std(vals)[1]:.1f}"
-                         if vals else "–")
+            if not vals:
+                cells.append("–")
+                continue
+            m, sd = mean_std(vals)
+            cells.append(f"{100 * m:.1f} ± {100 * sd:.1f}")
         if goal:
             senti = sentiment_mean(summary, name)
             cells.append(f"{100 * mean_std(senti)[0]:.1f}" if senti else "–")
@@ -177,7 +182,7 @@ def budget_table(summary: dict[str, Any]) -> str:
     if grid:
         seeds = [s for n in grid for s in runs[n].values()]
         total = sum(s.get("train_seconds", 0) + s.get("eval_seconds", 0) for s in seeds) / 60
-        lines.append(f"| temperature grid ({len(grid)} runs, {GRID_SCORED_ON}) | "
+        lines.append(f"| temperature grid ({len(grid)} runs, scored on {GRID_TASKS}) | "
                      f"{RUNS[grid[0]].data} | {seeds[0]['steps']} × {seeds[0]['batch_size']} | "
                      f"{seeds[0]['learning_rate']:g} | 1 | {minutes(seeds, 'train_seconds')} | "
                      f"{minutes(seeds, 'eval_seconds')} | – (total {total:.0f} min) | "
@@ -288,9 +293,7 @@ def plot_tradeoff(summary: dict[str, Any], path: str) -> None:
         ax.annotate(_label(name, summary), (100 * mx, 100 * my), xytext=(4, 3),
                     textcoords="offset points", fontsize=7)
     # The VSP weight's curve: SoftMCL (lambda = 0) through the softmcl_vspN runs.
-    curve = [("softmcl", 0.0)] + sorted(
-        ((n, float(n.removeprefix("softmcl_vsp"))) for n in MIXES
-         if n.removeprefix("softmcl_vsp").replace(".", "").isdigit()), key=lambda t: t[1])
+    curve = [("softmcl", 0.0)] + [(vsp_run(w), w) for w in VSP_WEIGHTS]
     done = [(n, w) for n, w in curve
             if sentiment_mean(summary, n) and scores(summary, n, "stsb", "spearman")]
     if len(done) > 1:

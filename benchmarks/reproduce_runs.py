@@ -53,12 +53,19 @@ def vsp(weight: float, of: str = "online/masked", to: str = "frozen/masked",
             f"objective.vsp.to={to}", f"objective.vsp.mode={mode}")
 
 
+VSP_WEIGHTS = (10.0, 30.0, 100.0, 300.0)  # the lambda sweep (the trade-off plot's curve)
+
+
+def vsp_run(weight: float) -> str:
+    return f"softmcl_vsp{weight:g}"
+
+
 SIMCSE_ANCHOR = ("objective.infonce.weight=1", "objective.infonce.query=online/clean",
                  "objective.infonce.key=online/clean/2")
 EMA_ANCHOR = ("objective.infonce.weight=1", "objective.infonce.query=online/masked",
               "objective.infonce.key=ema/clean")
 MIXES = {
-    **{f"softmcl_vsp{w:g}": Run("softmcl", VADER, vsp(w)) for w in (10, 30, 100, 300)},
+    **{vsp_run(w): Run("softmcl", VADER, vsp(w)) for w in VSP_WEIGHTS},
     # SimCSE's own anchor: InfoNCE between two dropout views of the clean sentence.
     "softmcl_simcse": Run("softmcl", VADER, SIMCSE_ANCHOR),
     # SimCSE kept the emotion and EmoBank gains but half the similarity; VSP the reverse.
