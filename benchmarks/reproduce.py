@@ -137,7 +137,8 @@ def run_all(args: argparse.Namespace, names: list[str]) -> None:
     for seed in args.seeds:
         evaluate(args, BASE, seed)
         for name in names:
-            if name == BASE or (RUNS[name].first_seed_only and seed != args.seeds[0]):
+            only = RUNS[name].only_seed if name in RUNS else None
+            if name == BASE or (only is not None and seed != only):
                 continue
             train(args, name, seed)
             evaluate(args, name, seed)
@@ -153,14 +154,24 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
+def finished_seeds(runs_dir: str, method: str) -> list[int]:
+    """The seeds of ``method`` whose evaluation finished in ``runs_dir``, ascending."""
+    prefix = f"{method}-s"
+    tails = [d[len(prefix):] for d in os.listdir(runs_dir) if d.startswith(prefix)]
+    return sorted(int(t) for t in tails if t.isdigit()
+                  and os.path.exists(os.path.join(runs_dir, prefix + t, "eval.json")))
+
+
 def collect(args: argparse.Namespace) -> dict[str, Any]:
-    """Every finished run's numbers: {method: {seed: {...}}} plus the run settings."""
+    """Every finished run's numbers: {method: {seed: {...}}} plus the run settings. Every seed
+    found in ``--runs_dir`` counts, not only this call's ``--seeds``: a call that adds seeds 1
+    and 2 still reports all three."""
     runs: dict[str, Any] = {}
+    found: set[int] = set()
     for method in (BASE, *RUNS):
-        for seed in args.seeds:
+        for seed in finished_seeds(args.runs_dir, method) if os.path.isdir(args.runs_dir) else []:
+            found.add(seed)
             out = run_dir(args.runs_dir, method, seed)
-            if not os.path.exists(os.path.join(out, "eval.json")):
-                continue
             entry: dict[str, Any] = {"eval": _read_json(os.path.join(out, "eval.json"))}
             if os.path.exists(os.path.join(out, "finetune.json")):
                 entry["eval"].update(_read_json(os.path.join(out, "finetune.json")))
@@ -188,11 +199,11 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 runs[name] = {seed: {**e, "commit": ARCHIVED} for seed, e in old[name].items()}
                 archived.append(name)
     return {"data_dir": args.data_dir, "max_examples": args.max_examples,
-            "max_len": args.max_len, "seeds": args.seeds, "runs": runs, "archived": archived}
+            "max_len": args.max_len, "seeds": sorted(found), "runs": runs, "archived": archived}
 
 
 def plot_projection(args: argparse.Namespace, path: str, n: int = 1000) -> None:
-    """EmoBank dev sentences, 2-D PCA of the base vs the SoftMCL (seed 0) sentence vectors,
+    """EmoBank dev sentences, 2-D PCA of the base vs the SoftMCL (lowest seed) sentence vectors,
     coloured by gold valence. PCA (not t-SNE) so the axes are the embedding's own directions of
     largest variance: if valence becomes one of them, training made it dominant."""
     import matplotlib
@@ -211,9 +222,10 @@ def plot_projection(args: argparse.Namespace, path: str, n: int = 1000) -> None:
 
     rows = load_emobank(args.data_dir, None).eval[:n]
     texts, y = [s.text for s in rows], np.asarray([s.valence for s in rows], np.float32)
+    seed = finished_seeds(args.runs_dir, "softmcl")[0]
     panels = [("MiniLM (base)", resolve_name("minilm")),
-              ("after SoftMCL (seed 0)", os.path.join(run_dir(args.runs_dir, "softmcl",
-                                                              args.seeds[0]), "export"))]
+              (f"after SoftMCL (seed {seed})",
+               os.path.join(run_dir(args.runs_dir, "softmcl", seed), "export"))]
     fig, axes = plt.subplots(1, 2, figsize=(9, 4))
     for ax, (title, path_) in zip(axes, panels, strict=True):
         pre = from_pretrained(path_)

@@ -16,6 +16,7 @@ from reproduce_runs import (
     AFFECT,
     FEATURE_TEMPERATURES,
     GOAL,
+    GRID_SEED,
     GRID_TASKS,
     LABEL_TEMPERATURES,
     METHODS,
@@ -193,8 +194,8 @@ def budget_table(summary: dict[str, Any]) -> str:
 
 
 def grid_tables(summary: dict[str, Any]) -> str:
-    """EmoBank r and STS-B of the grid as tau (rows) x label tau (columns) matrices, seed 0."""
-    seed = str(summary["seeds"][0])
+    """EmoBank r and STS-B of the grid as tau (rows) x label tau (columns) matrices (its seed)."""
+    seed = str(GRID_SEED)
     out = []
     for task, metric, title in (("emobank", "pearson", "EmoBank r"),
                                 ("stsb", "spearman", "STS-B rho")):
@@ -315,11 +316,12 @@ def plot_tradeoff(summary: dict[str, Any], path: str) -> None:
 
 
 def plot_temperature(summary: dict[str, Any], path: str) -> None:
-    """EmoBank r and STS-B over feature tau x label tau (seed 0), the preset's cell outlined."""
+    """EmoBank r and STS-B over feature tau x label tau (the grid's seed), the preset's cell
+    outlined."""
     import numpy as np
 
     plt = _pyplot()
-    seed = str(summary["seeds"][0])
+    seed = str(GRID_SEED)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (task, metric, title) in zip(axes, (("emobank", "pearson", "EmoBank valence r"),
                                                 ("stsb", "spearman", "STS-B Spearman")),

@@ -140,7 +140,7 @@ def test_temperature_grid_reuses_the_preset_run():
     assert cells >= 16 and len(grid) == cells - 1  # the preset's cell is softmcl's seed 0
     assert reproduce_runs.grid_run(0.1, 0.1) == "softmcl"
     run = grid[reproduce_runs.grid_run(0.4, 0.05)]
-    assert run.first_seed_only and run.tasks == reproduce_runs.GRID_TASKS
+    assert run.only_seed == reproduce_runs.GRID_SEED and run.tasks == reproduce_runs.GRID_TASKS
     assert run.overrides == ("objective.soft_sentence.temperature=0.4",
                              "objective.soft_sentence.label_temperature=0.05",
                              "objective.soft_word.temperature=0.4",
@@ -152,7 +152,7 @@ def test_temperature_grid_reuses_the_preset_run():
     assert "| 0.1 | – | 70.0 | – | – |" in text
 
 
-def test_seed_major_order_and_first_seed_only_runs(args, monkeypatch):
+def test_seed_major_order_and_one_seed_runs(args, monkeypatch):
     done = []
     monkeypatch.setattr(reproduce, "train", lambda a, n, s: done.append(("train", n, s)))
     monkeypatch.setattr(reproduce, "evaluate", lambda a, n, s: done.append(("eval", n, s)))
@@ -164,6 +164,21 @@ def test_seed_major_order_and_first_seed_only_runs(args, monkeypatch):
         ("train", "softmcl", 2)]
     assert done[0] == ("eval", "base", 0) and done[-3:] == [
         ("finetune", "base", 0), ("finetune", "base", 1), ("finetune", "base", 2)]
+    done.clear()
+    args.seeds = [1, 2]  # more seeds later: the grid keeps its own seed
+    reproduce.run_all(args, ["softmcl", "grid_t0.4_l0.05"])
+    assert [d for d in done if d[0] == "train"] == [("train", "softmcl", 1),
+                                                   ("train", "softmcl", 2)]
+
+
+def test_report_counts_every_finished_seed_not_only_this_calls(args):
+    """A call with --seeds=1 (adding a seed) must not write a report of seed 1 alone."""
+    _fake_run(args.runs_dir, "simcse", 2, 0.86)
+    os.makedirs(reproduce.run_dir(args.runs_dir, "simcse", 3))  # started, not evaluated
+    args.seeds = [1]
+    summary = reproduce.collect(args)
+    assert sorted(summary["runs"]["simcse"]) == ["0", "1", "2"]
+    assert sorted(summary["runs"]["base"]) == ["0", "1"] and summary["seeds"] == [0, 1, 2]
 
 
 def test_finished_steps_are_not_run_again(args, monkeypatch):
