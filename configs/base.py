@@ -65,6 +65,10 @@ def get_base() -> ml_collections.ConfigDict:
     c.data.lexicon_words = ""
     c.data.assign = "first"  # word valence on the first sub-token or on "all" of them
     c.data.neutral_band = 0.0
+    # The unit of the affect ratings that soft labels compare: "scale" (each rating scale mapped
+    # to [0, 1], the paper's) or "spread" (each dimension over its mean absolute difference in the
+    # training data: one label temperature, one sharpness on any data; data/rating_units.py).
+    c.data.rating_unit = "scale"
     c.data.mlm_rate = 0.0  # > 0 adds MLM corruption to each batch
     # > 0: at most this many MLM targets per sentence (BERT's max_predictions_per_seq), and MLM
     # logits are computed at only that many positions per row (0: every position, B x L x V).

@@ -11,6 +11,7 @@ import math
 import ml_collections
 
 from softmcl_jax import objective
+from softmcl_jax.data.rating_units import RATING_UNITS
 from softmcl_jax.data.sources import SOURCES
 from softmcl_jax.models import DTYPES
 from softmcl_jax.models.heads import POOLINGS
@@ -59,6 +60,8 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
              "must be >= 0")
     _require(d.num_labels >= 0, "data.num_labels", d.num_labels, "must be >= 0 (0 = none)")
     _require(d.max_examples >= 0, "data.max_examples", d.max_examples, "must be >= 0 (0 = all)")
+    _require(d.rating_unit in RATING_UNITS, "data.rating_unit", d.rating_unit,
+             f"is not one of {RATING_UNITS}")
     if d.packing and d.bucket_lengths:
         raise ValueError("config.data.packing and config.data.bucket_lengths are alternatives: "
                          "set one (packing is on by default: bucket_lengths needs "

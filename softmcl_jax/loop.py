@@ -27,6 +27,7 @@ from softmcl_jax.data import (
     encode_sentences,
     load_vader_sentences,
     packing,
+    rating_units,
     sources,
 )
 from softmcl_jax.evaluation.embed import embed_sentences
@@ -103,6 +104,11 @@ def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str],
                                                      d.lexicon_words))
     log.info("data: %d training sentences; %s", len(sentences), encoded.stats.summary())
     objective.check_data(the_plan, encoded.arrays, config)
+    encoded_arrays = encoded.arrays
+    if d.rating_unit == "spread":
+        encoded_arrays, spreads = rating_units.in_spread_units(encoded_arrays)
+        log.info("data: ratings in units of their spread (mean absolute difference on the "
+                 "[0, 1] scale): %s", ", ".join(f"{k} {v:.4f}" for k, v in spreads.items()))
     masking = (MaskingConfig.from_tokenizer(tokenizer, rate=d.mlm_rate,
                                             max_predictions=d.mlm_max_predictions)
                if d.mlm_rate > 0 else None)
@@ -112,7 +118,7 @@ def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str],
         "valid", "mlm_input_ids", "mlm_labels", *objective.PACKING_KEYS}
     if masking is not None:
         keys.add("special_tokens_mask")
-    arrays = {k: v for k, v in encoded.arrays.items() if k in keys}
+    arrays = {k: v for k, v in encoded_arrays.items() if k in keys}
     rows = None
     if d.packing:
         # Each device packs its own sentences into its own rows (no cross-device gathers).

@@ -57,6 +57,11 @@ def _may_change(field: str) -> bool:
                for p in MAY_CHANGE_ON_RESUME)
 
 
+# Fields added since runs were first written, with the value that does what the code did before
+# them (a field added as an unset placeholder needs no entry: None is the old behaviour).
+ADDED_FIELDS = {"data.rating_unit": "scale"}
+
+
 def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"field: old -> new"`` for every field that differs and may not change on resume."""
     a, b = _flatten(stored), _flatten(new)
@@ -64,8 +69,8 @@ def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]
     out = []
     for field in sorted(set(a) | set(b)):
         old, now = a.get(field, missing), b.get(field, missing)
-        if old is missing and now is None:
-            continue  # a field added since the run started, left unset: the old behaviour
+        if old is missing and (now is None or ADDED_FIELDS.get(field, missing) == now):
+            continue  # a field added since the run started, at the old behaviour
         if old != now and not _may_change(field):
             show = lambda v: "(absent)" if v is missing else json.dumps(v)
             out.append(f"{field}: {show(old)} -> {show(now)}")

@@ -139,7 +139,7 @@ def test_resume_refuses_a_changed_config(model_dir, tmp_path):
     assert json.load(open(path))["total_steps"] == 6
 
 
-def test_a_field_added_since_the_run_started_and_left_unset_is_no_change():
+def test_a_field_added_since_the_run_started_at_its_old_behaviour_is_no_change():
     from softmcl_jax.workdir import config_differences
 
     stored = {"objective": {"vsp": {"weight": 1.0}}}
@@ -150,6 +150,11 @@ def test_a_field_added_since_the_run_started_and_left_unset_is_no_change():
     assert config_differences({"objective": {"vsp": {"weight": 1.0, "weight_end": 0.0}}},
                               {"objective": {"vsp": {"weight": 1.0, "weight_end": None}}}
                               ) == ["objective.vsp.weight_end: 0.0 -> null"]
+    # data.rating_unit came later: "scale" is what every earlier run did, "spread" is not.
+    before = {"data": {"source": "vader"}}
+    assert config_differences(before, {"data": {"source": "vader", "rating_unit": "scale"}}) == []
+    assert config_differences(before, {"data": {"source": "vader", "rating_unit": "spread"}}
+                              ) == ['data.rating_unit: (absent) -> "spread"']
 
 
 # ----------------------------------------------------------------------------- checkpoints
