@@ -1,10 +1,19 @@
 """SoftMCL with soft labels over valence, arousal and dominance (the paper's open question 1).
 
 The paper's own kind of data: EmoBank sentences (its V, A and D ratings) for the sentence-level
-term, Warriner et al.'s V/A/D means for the word-level term. Two sentences' (or words') label
-distance is ``sum_d w_d |v_id - v_jd|`` over the three dimensions with w = 1/3 each, so it stays
-on valence-alone's [0, 1] scale and the label temperature means the same; only what "similar"
-means changes. Everything else is configs/softmcl.py.
+term, Warriner et al.'s V/A/D means for words (``data.lexicon``) for the word-level term. Two
+sentences' (or words') label distance is ``sum_d w_d |v_id - v_jd|`` over the three dimensions
+with w = 1/3 each, in spread units (``data.rating_unit="spread"``: each dimension over its mean
+absolute difference in the training data), so the distance of two random items is 1 on average
+whichever dimensions are compared, and each dimension counts by its weight alone; only what
+"similar" means changes. The label temperature, 0.4 spreads, is the sharpness configs/softmcl.py
+has on the VADER data.
+
+Why not the scale's units: EmoBank's ratings sit in a narrow band of their 1..5 scale (two random
+training sentences differ by 0.09 in valence on [0, 1], VADER's by 0.24; arousal and dominance
+vary less still), so at the VADER preset's label temperature the soft targets are nearly uniform
+over the queue, and training on them made MiniLM worse at everything, EmoBank valence included
+(RESULTS.md, "Affect dimensions"). Everything else is configs/softmcl.py.
 
 The data are not shipped; point the fields at ../shared/data (or your copies):
 
@@ -25,6 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from softmcl import get_config as get_softmcl  # noqa: E402
 
 DIMS = ("valence", "arousal", "dominance")
+# In spread units: configs/softmcl.py's 0.1 on the VADER data's scale, whose sentence and word
+# valences differ by 0.237 / 0.244 on average, is 0.42 / 0.41 spreads.
+LABEL_TEMPERATURE = 0.4
 
 
 def get_config():
@@ -35,7 +47,9 @@ def get_config():
     c.data.split = "train"
     c.data.lexicon = "none"  # Warriner-format CSV: required (the words' A and D)
     c.data.lexicon_words = ""
+    c.data.rating_unit = "spread"
     for term in (c.objective.soft_sentence, c.objective.soft_word):
         term.labels = DIMS
         term.label_weights = (1 / 3, 1 / 3, 1 / 3)
+        term.label_temperature = LABEL_TEMPERATURE
     return c

@@ -254,6 +254,25 @@ def _setup(config):
     return the_plan, model, mesh, pipeline
 
 
+def test_ratings_in_spread_units_reach_the_pipeline(tmp_path, model_dir):
+    """softmcl_vad trains on ratings over their spread: every rating array the pipeline holds is
+    the scale's divided by the brute-force mean absolute difference of its present values."""
+    spread = mix_config("vad", tmp_path, model_dir)
+    assert spread.data.rating_unit == "spread"
+    scale = mix_config("vad", tmp_path, model_dir)
+    scale.data.rating_unit = "scale"
+    a, b = _setup(spread)[3].arrays, _setup(scale)[3].arrays
+    rated = [k for k in b if k.split("_")[0] in ("sentence", "token") and not k.endswith("mask")]
+    assert sorted(rated) == sorted(f"{level}_{d}" for level in ("sentence", "token")
+                                   for d in ("valence", "arousal", "dominance"))
+    for key in rated:
+        present = b["token_valence_mask"] if key == "token_valence" else b[key] >= 0
+        x = b[key][present].astype(np.float64)
+        brute = np.abs(x[:, None] - x[None]).sum() / (len(x) * (len(x) - 1))
+        np.testing.assert_allclose(a[key][present], b[key][present] / brute, rtol=1e-5)
+        np.testing.assert_array_equal(a[key][~present], b[key][~present])
+
+
 @pytest.mark.parametrize("mix", MIXES)
 def test_each_pass_runs_once_however_many_terms_read_it(mix, tmp_path, model_dir, monkeypatch):
     config = mix_config(mix, tmp_path, model_dir)
@@ -464,12 +483,13 @@ def test_presets_only_set_fields_that_base_declares(name):
 
 
 def test_the_meaning_keeping_preset_is_the_measured_mix():
-    """configs/softmcl_anchored.py is the softmcl_ema_infonce run of RESULTS.md: SoftMCL's preset
-    plus the reproduction's overrides, nothing else; it adds no encoder pass, only a head."""
+    """configs/softmcl_anchored.py is the softmcl_ema_infonce_vsp3 run of RESULTS.md: SoftMCL's
+    preset plus the reproduction's overrides, nothing else; it adds one head and the frozen
+    encoder's pass (no gradients), no online pass."""
     sys.path.insert(0, os.path.join(tu.ROOT, "benchmarks"))
     import reproduce_runs
 
-    run = reproduce_runs.MIXES["softmcl_ema_infonce"]
+    run = reproduce_runs.MIXES["softmcl_ema_infonce_vsp3"]
     ours, plain = preset("softmcl_anchored"), preset("softmcl")
     assert run.config == "softmcl" and ours.name == "softmcl_anchored"
     for override in run.overrides:  # e.g. objective.infonce.key=ema/clean
@@ -480,12 +500,16 @@ def test_the_meaning_keeping_preset_is_the_measured_mix():
         assert (f"{got:g}" if isinstance(got, float) else str(got)) == value, override
     assert ours.objective.infonce.to_dict() == dict(
         plain.objective.infonce.to_dict(), weight=1.0, query="online/masked", key="ema/clean")
+    assert ours.objective.vsp.to_dict() == dict(
+        plain.objective.vsp.to_dict(), weight=3.0, of="online/masked", to="frozen/masked")
     ours.name = plain.name
     ours.objective.infonce = plain.objective.infonce  # what is left must be SoftMCL's preset
+    ours.objective.vsp = plain.objective.vsp
     assert ours.to_dict() == plain.to_dict()
     p, q = config_check.validate(preset("softmcl_anchored")), config_check.validate(plain)
-    assert [x.name for x in p.passes] == [x.name for x in q.passes]
-    assert p.terms == (*q.terms[:3], "infonce") and dict(p.heads)["projection"] == "projection"
+    assert [x.name for x in p.passes] == [x.name for x in q.passes] + ["frozen/masked"]
+    assert p.terms == (*q.terms[:3], "infonce", "vsp")
+    assert dict(p.heads)["projection"] == "projection"
 
 
 def test_a_term_without_its_data_is_refused(model_dir):
