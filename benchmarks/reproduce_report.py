@@ -277,39 +277,58 @@ def plot_curves(summary: dict[str, Any], path: str) -> None:
 def plot_tradeoff(summary: dict[str, Any], path: str) -> None:
     """STS-B against the goal's sentiment mean, one point per run (mean ± std over seeds), the
     goal's two bounds dashed (the goal is per metric: a point past both lines may still miss
-    one; the table says)."""
+    one; the table says). Left the whole plane, right the corner around the goal, where the
+    best mixes crowd (named there only)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    names = [n for n in (BASE, *METHODS, *MIXES) if n in summary["runs"]]
-    for name in names:
+    fig, (whole, corner) = plt.subplots(1, 2, figsize=(13, 5.5),
+                                        gridspec_kw={"width_ratios": [1, 1.2]})
+    points = []
+    for name in [n for n in (BASE, *METHODS, *MIXES) if n in summary["runs"]]:
         x, y = sentiment_mean(summary, name), scores(summary, name, "stsb", "spearman")
-        if not x or not y:
-            continue
-        (mx, sx), (my, sy) = mean_std(x), mean_std(y)
-        misses = goal_misses(summary, name)
-        marker = "*" if misses == [] else ("s" if name == BASE else "o")
-        colour = "black" if name in (BASE, *METHODS) else "tab:blue"
-        ax.errorbar(100 * mx, 100 * my, xerr=100 * sx, yerr=100 * sy, fmt=marker, ms=9 if
-                    marker == "*" else 5, color=colour, capsize=2, lw=0.8)
-        ax.annotate(_label(name, summary), (100 * mx, 100 * my), xytext=(4, 3),
-                    textcoords="offset points", fontsize=7)
-    # The VSP weight's curve: SoftMCL (lambda = 0) through the softmcl_vspN runs.
+        if x and y:
+            (mx, sx), (my, sy) = mean_std(x), mean_std(y)
+            points.append((name, 100 * mx, 100 * sx, 100 * my, 100 * sy))
+    goal_x = 100 * statistics.fmean(GOAL[k] for k in SENTIMENT)
+    goal_y = 100 * GOAL[("stsb", "spearman")]
+    x0, y0 = goal_x - 2.5, goal_y - 3.0  # the corner: within reach of the goal
+    x1 = max([goal_x + 1.0] + [mx + sx + 0.3 for _, mx, sx, _, _ in points])
+    y1 = max([goal_y + 1.0] + [my + sy + 0.3 for _, _, _, my, sy in points])
+    in_corner = lambda mx, my: x0 <= mx <= x1 and y0 <= my <= y1
+
     curve = [("softmcl", 0.0)] + [(vsp_run(w), w) for w in VSP_WEIGHTS]
-    done = [(n, w) for n, w in curve
-            if sentiment_mean(summary, n) and scores(summary, n, "stsb", "spearman")]
-    if len(done) > 1:
-        xs = [100 * mean_std(sentiment_mean(summary, n))[0] for n, _ in done]
-        ys = [100 * mean_std(scores(summary, n, "stsb", "spearman"))[0] for n, _ in done]
-        ax.plot(xs, ys, color="tab:blue", lw=0.8, alpha=0.6,
-                label="SoftMCL + VSP, λ = " + ", ".join(f"{w:g}" for _, w in done))
-    ax.axhline(100 * GOAL[("stsb", "spearman")], ls="--", color="tab:green", lw=0.8)
-    ax.axvline(100 * statistics.fmean(GOAL[k] for k in SENTIMENT), ls="--", color="tab:green",
-               lw=0.8, label="goal (STS-B and the sentiment goals' mean)")
-    ax.set_xlabel("sentiment: mean of SST-2 acc, EmoBank r, Warriner r (×100, dev)")
-    ax.set_ylabel("STS-B Spearman (×100, dev)")
-    ax.set_title("Meaning vs valence: the objective mixes (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    at = {name: (mx, my) for name, mx, _, my, _ in points}
+    done = [(n, w) for n, w in curve if n in at]
+    for ax in (whole, corner):
+        for name, mx, sx, my, sy in points:
+            misses = goal_misses(summary, name)
+            marker = "*" if misses == [] else ("s" if name == BASE else "o")
+            colour = "black" if name in (BASE, *METHODS) else "tab:blue"
+            ax.errorbar(mx, my, xerr=sx, yerr=sy, fmt=marker, ms=9 if marker == "*" else 5,
+                        color=colour, capsize=2, lw=0.8)
+            if (ax is corner) == in_corner(mx, my):
+                label = _label(name, summary)
+                if ax is corner and name.startswith("softmcl_"):
+                    label = "+ " + label.removeprefix("softmcl_")
+                below = name == BASE  # under SimCSE's label (the two sit together)
+                ax.annotate(label, (mx, my), xytext=(4, -10 if below else 3),
+                            textcoords="offset points", fontsize=7 if ax is whole else 8)
+        if len(done) > 1:  # the VSP weight's curve: SoftMCL (lambda = 0) through softmcl_vspN
+            ax.plot([at[n][0] for n, _ in done], [at[n][1] for n, _ in done], color="tab:blue",
+                    lw=0.8, alpha=0.6,
+                    label="SoftMCL + VSP, λ = " + ", ".join(f"{w:g}" for _, w in done))
+        ax.axhline(goal_y, ls="--", color="tab:green", lw=0.8)
+        ax.axvline(goal_x, ls="--", color="tab:green", lw=0.8,
+                   label="goal (STS-B and the sentiment goals' mean)")
+        ax.set_xlabel("sentiment: mean of SST-2 acc, EmoBank r, Warriner r (×100, dev)")
+        ax.grid(alpha=0.3)
+    whole.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls=":", lw=0.8,
+                                  color="grey"))
+    corner.set_xlim(x0, x1)
+    corner.set_ylim(y0, y1)
+    whole.set_ylabel("STS-B Spearman (×100, dev)")
+    whole.set_title("Meaning vs valence (mean ± std over seeds)")
+    corner.set_title("near the goal (dotted box; '+ x' = SoftMCL + x)")
+    whole.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
