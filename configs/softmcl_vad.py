@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from softmcl import get_config as get_softmcl  # noqa: E402
 
 DIMS = ("valence", "arousal", "dominance")
-# In spread units: configs/softmcl.py's 0.1 on the VADER data's scale, whose sentence and word
-# valences differ by 0.237 / 0.244 on average, is 0.42 / 0.41 spreads.
+# In spread units: configs/softmcl.py's 0.1 on the VADER data's scale, where two training
+# sentences (two rated tokens) differ by 0.237 (0.252) in valence on average, is 0.42 (0.40).
 LABEL_TEMPERATURE = 0.4
 
 
