@@ -12,8 +12,8 @@ has on the VADER data.
 Why not the scale's units: EmoBank's ratings sit in a narrow band of their 1..5 scale (two random
 training sentences differ by 0.09 in valence on [0, 1], VADER's by 0.24; arousal and dominance
 vary less still), so at the VADER preset's label temperature the soft targets are nearly uniform
-over the queue, and training on them made MiniLM worse at everything, EmoBank valence included
-(RESULTS.md, "Affect dimensions"). Everything else is configs/softmcl.py.
+over the queue, and training on them made MiniLM worse on every sentence-level task, EmoBank
+valence included (RESULTS.md, "Affect dimensions"). Everything else is configs/softmcl.py.
 
 The data are not shipped; point the fields at ../shared/data (or your copies):
 
