@@ -25,6 +25,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from softmcl_jax.data.sources import AFFECT_DIMS
+
 RATING_UNITS = ("scale", "spread")
 LEVELS = ("sentence", "token")
 
@@ -53,10 +55,8 @@ def _present(arrays: Mapping[str, np.ndarray], key: str) -> np.ndarray:
 def rating_keys(arrays: Mapping[str, np.ndarray]) -> list[str]:
     """The rating arrays of encoded data (``encode_sentences``' ``sentence_<dim>`` and
     ``token_<dim>``) that hold at least one rating."""
-    return [k for k in arrays
-            if k.partition("_")[0] in LEVELS and not k.endswith("_mask")
-            and k.partition("_")[2] in ("valence", "arousal", "dominance")
-            and _present(arrays, k).any()]
+    return [k for k in arrays if k.partition("_")[0] in LEVELS
+            and k.partition("_")[2] in AFFECT_DIMS and _present(arrays, k).any()]
 
 
 def spreads(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
