@@ -156,6 +156,8 @@ def _read_json(path: str) -> Any:
 
 def finished_seeds(runs_dir: str, method: str) -> list[int]:
     """The seeds of ``method`` whose evaluation finished in ``runs_dir``, ascending."""
+    if not os.path.isdir(runs_dir):
+        return []
     prefix = f"{method}-s"
     tails = [d[len(prefix):] for d in os.listdir(runs_dir) if d.startswith(prefix)]
     return sorted(int(t) for t in tails if t.isdigit()
@@ -169,7 +171,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     found: set[int] = set()
     for method in (BASE, *RUNS):
-        for seed in finished_seeds(args.runs_dir, method) if os.path.isdir(args.runs_dir) else []:
+        for seed in finished_seeds(args.runs_dir, method):
             found.add(seed)
             out = run_dir(args.runs_dir, method, seed)
             entry: dict[str, Any] = {"eval": _read_json(os.path.join(out, "eval.json"))}
