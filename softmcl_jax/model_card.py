@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from softmcl_jax.objective import is_on
+
 CARD_FILE = "README.md"
 EVAL_START = "<!-- softmcl_jax:evaluation:start -->"
 EVAL_END = "<!-- softmcl_jax:evaluation:end -->"
@@ -48,10 +50,10 @@ PAPERS = {
 
 
 def active_terms(config: Mapping[str, Any]) -> dict[str, float]:
-    """``{term: weight}`` of the objective's terms that are on (``weight > 0``, or a
-    ``weight_end > 0`` it ramps to), in config order."""
+    """``{term: weight}`` of the objective's terms that are on (``objective.is_on``), in config
+    order."""
     return {name: float(t["weight"]) for name, t in dict(config["objective"]).items()
-            if float(t["weight"]) > 0 or float(t.get("weight_end") or 0) > 0}
+            if is_on(float(t["weight"]), t.get("weight_end"))}
 
 
 def _weight(config: Mapping[str, Any], term: str, weight: float) -> str:

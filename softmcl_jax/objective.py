@@ -113,6 +113,12 @@ class Plan:
                 f"{', '.join(self.batch_keys)}")
 
 
+def is_on(weight: float, weight_end: float | None) -> bool:
+    """Whether a term is on: it has weight at some step (``weight > 0``, or ramps in from 0 to a
+    ``weight_end > 0``). The plan and the model card both ask this."""
+    return weight > 0 or (weight_end is not None and weight_end > 0)
+
+
 def plan(config: ml_collections.ConfigDict) -> Plan:
     """The plan of ``config.objective``; raises ``ValueError`` naming the ``config.`` field."""
     objective = config.objective
@@ -127,7 +133,7 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
             if value is not None and (not np.isfinite(value) or value < 0):
                 raise ValueError(f"config.objective.{name}.{field}={value!r} must be >= 0 "
                                  "(0 = off)")
-        if w > 0 or (end is not None and end > 0):  # a term that ramps in from 0 is on
+        if is_on(w, end):
             weights.append((name, float(w)))
             if end is not None and end != w:
                 weight_ends.append((name, float(end)))

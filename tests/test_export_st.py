@@ -15,7 +15,7 @@ import pytest
 import transformers
 from sentence_transformers import SentenceTransformer
 
-from softmcl_jax import model_card
+from softmcl_jax import model_card, objective
 from softmcl_jax.evaluation.checkpoints import resolve_checkpoint
 from softmcl_jax.evaluation.embed import embed_sentences
 from softmcl_jax.export_format import read_sentence_transformers, write_export
@@ -157,6 +157,17 @@ def test_model_card_states_a_scheduled_weight():
                                        "objective.vsp.weight_end": 10.0})
     text = model_card.render(config.to_dict(), INFO)
     assert "(0 -> 10 linearly) * vsp" in text and "1 * soft_sentence" in text
+
+
+@pytest.mark.parametrize("preset", ["softmcl", "softmcl_anchored", "retrofit", "lcl", "simcse",
+                                    "softcse"])
+@pytest.mark.parametrize("vsp", [(0.0, None), (0.0, 10.0), (3.0, 0.0)])
+def test_the_card_lists_the_terms_the_plan_trains(preset, vsp):
+    weight, end = vsp
+    config = load_config(preset, **{"objective.vsp.weight": weight,
+                                    "objective.vsp.weight_end": end})
+    assert (sorted(model_card.active_terms(config.to_dict()))
+            == sorted(objective.plan(config).terms))
 
 
 def test_the_cards_usage_snippets_run_and_agree(tmp_path):
