@@ -25,9 +25,9 @@ from typing import Any
 
 from softmcl_jax import model_card
 from softmcl_jax.evaluation import DEFAULT_TASKS, SLOW_TASKS, SuiteConfig, report
-from softmcl_jax.evaluation.checkpoints import EXPORT_DIR, resolve_checkpoint
+from softmcl_jax.evaluation.checkpoints import EXPORT_DIR, max_seq_length, resolve_checkpoint
 from softmcl_jax.evaluation.probe import ProbeSplit, probe_split, vader_probe_split, valence_probe
-from softmcl_jax.evaluation.suite import run_suite
+from softmcl_jax.evaluation.suite import DEFAULT_MAX_LEN, run_suite
 from softmcl_jax.models import DTYPES
 from softmcl_jax.models.heads import POOLINGS
 from softmcl_jax.models.hf import resolve_name
@@ -61,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--pooling", default=None, choices=POOLINGS,
                    help="default: the run's model.pooling for a training workdir, else mean")
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--max_len", type=int, default=128)
+    p.add_argument("--max_len", type=int, default=None,
+                   help="tokens per sentence (default: the encoder's sentence-transformers "
+                        "max_seq_length, where SentenceTransformer truncates, else "
+                        f"{DEFAULT_MAX_LEN})")
     p.add_argument("--max_examples", type=int, default=None, help="cap per split (quick runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
@@ -81,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         p.error("--data_dir is required (or set SOFTMCL_DATA_DIR)")
     if not os.path.isdir(a.data_dir):
         p.error(f"--data_dir={a.data_dir}: not a folder")
+    if a.max_len is not None and a.max_len < 1:
+        p.error(f"--max_len={a.max_len} must be >= 1")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = SuiteConfig(
@@ -95,20 +100,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         p.error(f"--tasks={a.tasks} names no task")
     try:
         path, run_pooling = resolve_checkpoint(a.checkpoint)
-    except FileNotFoundError as e:
+        declared = max_seq_length(a.checkpoint)
+    except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"{p.prog}: error: {e}") from None
     pooling = a.pooling or run_pooling or "mean"
+    max_len = a.max_len or declared or DEFAULT_MAX_LEN
+    if a.max_len is None:
+        log.info("max_len=%d: %s (--max_len overrides)", max_len,
+                 "the encoder's max_seq_length" if declared else "the default")
     if run_pooling and not a.pooling:
         log.info("pooling=%s: the run's model.pooling (--pooling overrides)", pooling)
     elif run_pooling and a.pooling != run_pooling:
         log.warning("--pooling=%s, but the run trained with model.pooling=%s", a.pooling,
                     run_pooling)
     results, skipped = run_suite(path, tasks, config, pooling=pooling,
-                                 max_len=a.max_len, batch_size=a.batch_size, dtype=a.dtype)
+                                 max_len=max_len, batch_size=a.batch_size, dtype=a.dtype)
     header = {"checkpoint": a.checkpoint}
     if path != resolve_name(a.checkpoint):  # a training workdir: say which folder was loaded
         header["encoder"] = path
-    header.update(data_dir=a.data_dir, pooling=pooling, max_len=a.max_len,
+    header.update(data_dir=a.data_dir, pooling=pooling, max_len=max_len,
                   max_examples=a.max_examples, seed=a.seed)
     print(report.markdown(results, header=header, skipped=skipped), end="", flush=True)
     if not results:
@@ -128,6 +138,7 @@ __all__ = [
     "EXPORT_DIR",
     "ProbeSplit",
     "main",
+    "max_seq_length",
     "probe_split",
     "resolve_checkpoint",
     "run_suite",

@@ -387,6 +387,33 @@ def _export(folder, model_dir: str, pooling: str) -> str:
     return write_export(pre, pre.params, str(folder), config, {"steps": 3})
 
 
+def test_cli_truncates_where_the_export_says_unless_told(model_dir, tmp_path, capsys):
+    """No --max_len: the export's sentence_bert_config.json max_seq_length (what
+    SentenceTransformer truncates at); the numbers equal an explicit --max_len of that value."""
+    export = _export(tmp_path / "export", model_dir, "mean")
+    data_dir = make_data(str(tmp_path / "data"), with_test=False)
+    args = [f"--data_dir={data_dir}", "--tasks=sst2,stsb", "--max_examples=24", "--no_progress",
+            "--no_card"]
+    config_file = os.path.join(export, "sentence_bert_config.json")
+    with open(config_file) as f:
+        assert json.load(f)["max_seq_length"] == 32  # model.max_len of the run
+    with open(config_file, "w") as f:
+        json.dump({"max_seq_length": 6, "do_lower_case": False}, f)
+    got = evaluate.main([f"--checkpoint={export}", *args])
+    assert "- max_len: `6`" in capsys.readouterr().out
+    assert got == evaluate.main([f"--checkpoint={export}", "--max_len=6", *args])
+    assert got != evaluate.main([f"--checkpoint={export}", "--max_len=32", *args])
+    with open(config_file, "w") as f:
+        json.dump({"max_seq_length": "long"}, f)
+    with pytest.raises(SystemExit, match="sentence_bert_config.json: max_seq_length='long'"):
+        evaluate.main([f"--checkpoint={export}", *args])
+    with pytest.raises(SystemExit):
+        evaluate.main([f"--checkpoint={export}", "--max_len=0", *args])
+    assert "--max_len=0 must be >= 1" in capsys.readouterr().err
+    # A plain transformers folder declares nothing: the suite's default.
+    assert evaluate.max_seq_length(model_dir) is None
+
+
 def test_cli_on_a_sentence_transformers_export_uses_its_pooling_and_fills_its_card(
         model_dir, tmp_path, capsys):
     export = _export(tmp_path / "export", model_dir, "cls")

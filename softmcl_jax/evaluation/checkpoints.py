@@ -6,6 +6,9 @@
   pooling of its ``1_Pooling/config.json``;
 * a training workdir (the trainer's ``config.json``, or a ``checkpoints/`` folder): its
   ``export/``, with the export's sentence-transformers pooling, else the run's ``model.pooling``.
+
+``max_seq_length`` reads the sequence length a sentence-transformers folder (or a workdir's
+export) declares, which is what ``SentenceTransformer`` truncates at.
 """
 
 from __future__ import annotations
@@ -71,6 +74,28 @@ def resolve_checkpoint(checkpoint: str) -> tuple[str, str | None]:
     log.info("%s is a training workdir: evaluating its exported encoder %s", checkpoint, export)
     path, st_pooling = _encoder_folder(export)
     return path, st_pooling or pooling
+
+
+def max_seq_length(checkpoint: str) -> int | None:
+    """The ``max_seq_length`` of ``checkpoint``'s ``sentence_bert_config.json`` (of its
+    ``export/`` for a training workdir, of the resolved folder for a hub id or "minilm"); None
+    when there is none. Raises ``ValueError`` naming the file when the value is not a positive
+    integer."""
+    folder = checkpoint if os.path.isdir(checkpoint) else resolve_name(checkpoint)
+    if not os.path.isdir(folder):
+        return None
+    if _trainer_config(folder) is not None:
+        folder = os.path.join(folder, EXPORT_DIR)
+    path = os.path.join(folder, "sentence_bert_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        value = json.load(f).get("max_seq_length")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{path}: max_seq_length={value!r} is not a positive integer")
+    return value
 
 
 def _encoder_folder(folder: str) -> tuple[str, str | None]:

@@ -17,8 +17,11 @@ from softmcl_jax.models.heads import POOLINGS
 log = logging.getLogger(__name__)
 
 
+DEFAULT_MAX_LEN = 128  # tokens per sentence when neither the caller nor the encoder says
+
+
 def run_suite(checkpoint: str, tasks: Sequence[str] | None, config: Any, *,
-              pooling: str | None = None, max_len: int = 128, batch_size: int = 64,
+              pooling: str | None = None, max_len: int = DEFAULT_MAX_LEN, batch_size: int = 64,
               dtype: str = "float32") -> tuple[list[Any], dict[str, str]]:
     """Run ``tasks`` (None: every default task the data folder has) on ``checkpoint``.
 
