@@ -49,6 +49,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 import report  # noqa: E402
+from workers import RESULT, emit, peak_rss_mib  # noqa: E402
 
 METHODS = ("simcse", "softcse", "softmcl", "retrofit", "lcl")
 LAYOUTS = ("unpacked", "packed", "packed-fixed", "bucketed")
@@ -56,7 +57,7 @@ LABELLED = ("retrofit", "lcl")
 NUM_LABELS = 5  # made-up classes: valence bins
 ST_VERSION = "sentence-transformers"
 # Worker -> parent lines on stdout (anything else a library prints there is skipped).
-READY, TIME, RESULT = "READY ", "TIME ", "RESULT "
+READY, TIME = "READY ", "TIME "  # and workers.RESULT
 
 
 def all_sides() -> list[str]:
@@ -99,15 +100,6 @@ def groups(sides: list[str]) -> list[tuple[str, list[str]]]:
 
 def buckets(seq: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, seq * i // 4) for i in range(1, 5)}))
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size (VmHWM; not ru_maxrss, which survives exec)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def model_path(name: str) -> str:
@@ -476,7 +468,7 @@ def worker_main(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         w.step(i)
         print(TIME + json.dumps(time.perf_counter() - t0), flush=True)
-    print(RESULT + json.dumps(dict(peak_rss=peak_rss_mib())), flush=True)
+    emit(dict(peak_rss=peak_rss_mib()))
 
 
 # ----------------------------------------------------------------------------------- parent

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,22 +38,10 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 import report  # noqa: E402
+import workers  # noqa: E402
+from workers import emit, peak_rss_mib  # noqa: E402
 
 METHODS = ("softmcl", "simcse", "softcse", "retrofit", "lcl")
-RESULT = "RESULT "  # prefix of the workers' one JSON line on stdout
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size (VmHWM).
-
-    Not ``getrusage().ru_maxrss``: Linux carries that over fork+exec, so a worker would report
-    its parent's peak whenever that is larger.
-    """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    return float("nan")
 
 
 def rss_mib() -> float:
@@ -293,11 +280,7 @@ def run_worker(framework: str, method: str, prep: str, args: argparse.Namespace,
            f"--repeats={args.repeats}", f"--model={args.model}",
            f"--torch_threads={args.torch_threads}"]
     env = dict(env, PYTHONPATH=ROOT, TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{framework} {method} failed:\n{proc.stderr[-4000:]}")
-    line = next(x for x in proc.stdout.splitlines() if x.startswith(RESULT))
-    result = json.loads(line[len(RESULT):])
+    result = workers.run_worker(cmd, env, f"{framework} {method}")
     print(f"{framework:5s} {method:8s} median {report.median(result['times']):.3f} s "
           f"(first {result['first']:.1f} s), peak RSS {result['peak_rss']:.0f} MiB", flush=True)
     return result
@@ -389,7 +372,7 @@ def main() -> None:
 
     if args.worker:
         fn = jax_worker if args.worker == "jax" else torch_worker
-        print(RESULT + json.dumps(fn(args.method, args.prep, args)), flush=True)
+        emit(fn(args.method, args.prep, args))
         return
 
     unknown = sorted(set(args.methods) - set(METHODS))

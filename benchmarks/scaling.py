@@ -38,7 +38,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,9 +51,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 import compare_st as cs  # noqa: E402
 import report  # noqa: E402
+from workers import emit, peak_rss_mib, run_worker  # noqa: E402
 
 PARTS = ("batch", "queue", "length")
-RESULT = "RESULT "
 PRESET_QUEUES = (1024, 4096)  # configs/softmcl.py: soft_sentence, soft_word
 
 
@@ -186,7 +185,7 @@ def worker(spec: dict[str, Any], prep: str, args: argparse.Namespace) -> dict[st
     device_peak = (dev.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20
     return dict(spec, times=times, first=first, compile_s=run.compile_s,
                 programs=len(run.memory), xla_mib=xla_mib,
-                peak_rss=cs.peak_rss_mib(), device_peak=device_peak, platform=dev.platform,
+                peak_rss=peak_rss_mib(), device_peak=device_peak, platform=dev.platform,
                 device_kind=dev.device_kind,
                 fraction=sum(r for r, _ in real) / sum(t for _, t in real),
                 tokens_per_sentence=sum(sentence_tokens) / (spec["batch"] * args.repeats),
@@ -204,11 +203,7 @@ def run_point(spec: dict[str, Any], prep: str, args: argparse.Namespace,
               env: dict[str, str]) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), f"--worker={json.dumps(spec)}",
            f"--prep={prep}", f"--model={args.model}", f"--repeats={args.repeats}"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"point {spec} failed:\n{proc.stderr[-4000:]}")
-    line = next(x for x in proc.stdout.splitlines() if x.startswith(RESULT))
-    r = json.loads(line[len(RESULT):])
+    r = run_worker(cmd, env, f"point {spec}")
     print(f"{label(r):42s} median {report.median(r['times']):.4f} s, XLA {r['xla_mib']:.0f} MiB, "
           f"peak RSS {r['peak_rss']:.0f} MiB, real tokens {r['fraction']:.0%}", flush=True)
     return r
@@ -455,7 +450,7 @@ def main() -> None:
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
     if args.worker:
-        print(RESULT + json.dumps(worker(json.loads(args.worker), args.prep, args)), flush=True)
+        emit(worker(json.loads(args.worker), args.prep, args))
         return
     args.parts = [x for x in args.parts.split(",") if x]
     args.batches, args.queues = ints(args.batches), ints(args.queues)

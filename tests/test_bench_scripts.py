@@ -1,6 +1,7 @@
-"""benchmarks/compare_st.py and benchmarks/scaling.py keep working: both run end to end at the
-tiniest sizes (a random 2-layer BERT, batch 8, max_len 32, 2 timed steps), print their tables and,
-for scaling.py, write the figure; BENCHMARKS.md is never written (``--no_write``)."""
+"""benchmarks/compare_st.py, scaling.py and run.py keep working: they run end to end at the
+tiniest sizes (a random 2-layer BERT, batch 8 or 4, max_len 32 or 16, 1 or 2 timed steps), print
+their tables and, for scaling.py, write the figure; BENCHMARKS.md is never written
+(``--no_write``). Their workers' one-line protocol (workers.py) is checked on its own."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ BENCH = os.path.join(tu.ROOT, "benchmarks")
 sys.path.insert(0, BENCH)
 import compare_st  # noqa: E402
 import scaling  # noqa: E402
+import workers  # noqa: E402
 
 TINY = ["--batch", "8", "--seq", "32", "--repeats", "2", "--sentences", "64"]
 
@@ -41,6 +43,18 @@ def model_dir(tmp_path_factory) -> str:
 
 
 # ------------------------------------------------------------------------------ fast: pieces
+
+def test_a_workers_result_line_comes_back_and_a_failure_names_the_worker():
+    def run(code: str) -> dict:
+        code = f"import sys; sys.path.insert(0, {BENCH!r}); from workers import emit; {code}"
+        return workers.run_worker([sys.executable, "-c", code], dict(os.environ), "side x")
+
+    assert run("print('noise'); emit({'a': [1, 2]})") == {"a": [1, 2]}
+    with pytest.raises(RuntimeError, match=r"side x failed \(exit status 3\):\n.*boom"):
+        run("emit({}); sys.stderr.write('boom'); sys.exit(3)")
+    with pytest.raises(RuntimeError, match=r"side x failed \(no result line\)"):
+        run("print('done')")
+    assert workers.peak_rss_mib() > 1
 
 
 def test_sides_and_their_groups():
@@ -128,3 +142,10 @@ def test_scaling_runs(model_dir, tmp_path):
         assert line in out, out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "BENCHMARKS.md").exists()  # --no_write
+
+
+def test_run_runs(model_dir):
+    """benchmarks/run.py: the JAX and PyTorch steps of one method and the embedding timing."""
+    out = _run("run.py", "--methods=simcse", "--batch=4", "--seq=16", "--repeats=1",
+               "--eval_texts=8", f"--model={model_dir}", "--no_write")
+    assert "| simcse |" in out and "PyTorch / JAX time" in out
