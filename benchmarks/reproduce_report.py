@@ -353,8 +353,10 @@ def plot_temperature(summary: dict[str, Any], path: str) -> None:
                     grid[i, j] = 100 * run["eval"][task][metric]
         im = ax.imshow(grid, cmap="viridis", origin="lower")
         for (i, j), v in np.ndenumerate(grid):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8, color="white")
+            if np.isfinite(v):  # dark text on viridis' light (high) end, light on its dark end
+                light = im.norm(v) > 0.6
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8,
+                        color="black" if light else "white")
         i0, j0 = FEATURE_TEMPERATURES.index(0.1), LABEL_TEMPERATURES.index(0.1)
         ax.add_patch(plt.Rectangle((j0 - 0.5, i0 - 0.5), 1, 1, fill=False, ec="red", lw=2))
         ax.set_xticks(range(len(LABEL_TEMPERATURES)), [f"{v:g}" for v in LABEL_TEMPERATURES])
