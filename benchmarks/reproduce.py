@@ -189,8 +189,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 entry["steps"] = config["total_steps"]
                 entry["batch_size"] = config["batch_size"]
                 entry["learning_rate"] = config["optimizer"]["learning_rate"]
-                entry["curve"] = [json.loads(line)
-                                  for line in open(os.path.join(out, "metrics.jsonl"))]
+                with open(os.path.join(out, "metrics.jsonl")) as f:
+                    entry["curve"] = [json.loads(line) for line in f]
             runs.setdefault(method, {})[str(seed)] = entry
     archived = []
     if getattr(args, "archive", "") and os.path.exists(args.archive):

@@ -229,7 +229,8 @@ def generated_blocks(summary: dict[str, Any]) -> dict[str, str]:
 
 def write_results_md(summary: dict[str, Any], path: str) -> None:
     """Replace each generated block of ``path`` in place; a missing marker is an error."""
-    text = open(path).read()
+    with open(path) as f:
+        text = f.read()
     for name, body in generated_blocks(summary).items():
         begin, end = f"<!-- generated: {name} begin -->", f"<!-- generated: {name} end -->"
         if begin not in text or end not in text:

@@ -205,7 +205,8 @@ def test_runs_are_presets_with_overrides(args, monkeypatch):
         calls.append(cmd)
         for flag in cmd:  # what evaluate writes
             if flag.startswith("--output="):
-                open(flag.removeprefix("--output="), "w").write("{}")
+                with open(flag.removeprefix("--output="), "w") as f:
+                    f.write("{}")
         return 0.0
 
     monkeypatch.setattr(reproduce, "_run", fake_run)
