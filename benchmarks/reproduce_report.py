@@ -194,11 +194,13 @@ def budget_table(summary: dict[str, Any]) -> str:
 
 
 def grid_tables(summary: dict[str, Any]) -> str:
-    """EmoBank r and STS-B of the grid as tau (rows) x label tau (columns) matrices (its seed)."""
+    """Each task the grid is scored on (EmoBank r and STS-B, the plotted surfaces, then SST-2 and
+    Warriner r) as a tau (rows) x label tau (columns) matrix (its seed)."""
     seed = str(GRID_SEED)
     out = []
     for task, metric, title in (("emobank", "pearson", "EmoBank r"),
-                                ("stsb", "spearman", "STS-B rho")):
+                                ("stsb", "spearman", "STS-B rho"), ("sst2", "acc", "SST-2 acc"),
+                                ("warriner", "pearson", "Warriner r")):
         lines = [f"| {title}: τ \\ label τ | " + " | ".join(f"{lt:g}" for lt in LABEL_TEMPERATURES)
                  + " |", "|---|" + "---|" * len(LABEL_TEMPERATURES)]
         for t in FEATURE_TEMPERATURES:

@@ -145,11 +145,14 @@ def test_temperature_grid_reuses_the_preset_run():
                              "objective.soft_sentence.label_temperature=0.05",
                              "objective.soft_word.temperature=0.4",
                              "objective.soft_word.label_temperature=0.05")
-    summary = _summary({"softmcl": [{"emobank": {"pearson": 0.6}, "stsb": {"spearman": 0.7}}],
+    summary = _summary({"softmcl": [{"emobank": {"pearson": 0.6}, "stsb": {"spearman": 0.7},
+                                     "sst2": {"acc": 0.8}}],
                         "grid_t0.4_l0.05": [{"emobank": {"pearson": 0.5}}]})
-    text = report.grid_tables(summary)
-    assert "| 0.1 | – | 60.0 | – | – |" in text and "| 0.4 | 50.0 | – | – | – |" in text
-    assert "| 0.1 | – | 70.0 | – | – |" in text
+    emobank, stsb, sst2, warriner = report.grid_tables(summary).split("\n\n")
+    assert emobank.startswith("| EmoBank r") and warriner.startswith("| Warriner r")
+    assert "| 0.1 | – | 60.0 | – | – |" in emobank and "| 0.4 | 50.0 | – | – | – |" in emobank
+    assert "| 0.1 | – | 70.0 | – | – |" in stsb and "| 0.1 | – | 80.0 | – | – |" in sst2
+    assert all(set(row.split(" | ", 1)[1]) <= set("–| ") for row in warriner.splitlines()[2:])
 
 
 def test_seed_major_order_and_one_seed_runs(args, monkeypatch):
