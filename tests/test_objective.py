@@ -483,13 +483,13 @@ def test_presets_only_set_fields_that_base_declares(name):
 
 
 def test_the_meaning_keeping_preset_is_the_measured_mix():
-    """configs/softmcl_anchored.py is the softmcl_ema_infonce_vsp3 run of RESULTS.md: SoftMCL's
-    preset plus the reproduction's overrides, nothing else; it adds one head and the frozen
-    encoder's pass (no gradients), no online pass."""
+    """configs/softmcl_anchored.py is the softmcl_t0.4_ema_infonce_vsp3 run of RESULTS.md:
+    SoftMCL's preset plus the reproduction's overrides, nothing else; it adds one head and the
+    frozen encoder's pass (no gradients), no online pass."""
     sys.path.insert(0, os.path.join(tu.ROOT, "benchmarks"))
     import reproduce_runs
 
-    run = reproduce_runs.MIXES["softmcl_ema_infonce_vsp3"]
+    run = reproduce_runs.MIXES["softmcl_t0.4_ema_infonce_vsp3"]
     ours, plain = preset("softmcl_anchored"), preset("softmcl")
     assert run.config == "softmcl" and ours.name == "softmcl_anchored"
     for override in run.overrides:  # e.g. objective.infonce.key=ema/clean
@@ -505,6 +505,9 @@ def test_the_meaning_keeping_preset_is_the_measured_mix():
     ours.name = plain.name
     ours.objective.infonce = plain.objective.infonce  # what is left must be SoftMCL's preset
     ours.objective.vsp = plain.objective.vsp
+    for term in ("soft_sentence", "soft_word"):
+        assert ours.objective[term].temperature == 0.4
+        ours.objective[term].temperature = plain.objective[term].temperature
     assert ours.to_dict() == plain.to_dict()
     p, q = config_check.validate(preset("softmcl_anchored")), config_check.validate(plain)
     assert [x.name for x in p.passes] == [x.name for x in q.passes] + ["frozen/masked"]
