@@ -27,6 +27,7 @@ from softmcl_jax.models.heads import POOLINGS
 
 EXPORT_DIR = "export"  # a workdir's export, written by the trainer at the end of a run
 MODULES_FILE = "modules.json"
+ST_CONFIG_FILE = "sentence_bert_config.json"  # the Transformer module's max_seq_length
 RUN_INFO = "run_info.json"  # what a finished run measured (loop.run writes it), for the card
 POOLING_DIR = "1_Pooling"
 NORMALIZE_DIR = "2_Normalize"
@@ -52,7 +53,7 @@ def sentence_transformers_files(*, hidden_size: int, pooling: str, max_len: int,
     pool |= dict.fromkeys(_OTHER_LEGACY_KEYS, False)
     files: dict[str, Any] = {
         MODULES_FILE: modules,
-        "sentence_bert_config.json": {"max_seq_length": int(max_len), "do_lower_case": False},
+        ST_CONFIG_FILE: {"max_seq_length": int(max_len), "do_lower_case": False},
         f"{POOLING_DIR}/config.json": pool,
         # Our objectives compare sentences by cosine similarity.
         "config_sentence_transformers.json": {

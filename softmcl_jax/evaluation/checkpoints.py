@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Any
 
-from softmcl_jax.export_format import EXPORT_DIR, read_sentence_transformers
+from softmcl_jax.export_format import EXPORT_DIR, ST_CONFIG_FILE, read_sentence_transformers
 from softmcl_jax.models.heads import POOLINGS
 from softmcl_jax.models.hf import resolve_name
 
@@ -86,7 +86,7 @@ def max_seq_length(checkpoint: str) -> int | None:
         return None
     if _trainer_config(folder) is not None:
         folder = os.path.join(folder, EXPORT_DIR)
-    path = os.path.join(folder, "sentence_bert_config.json")
+    path = os.path.join(folder, ST_CONFIG_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
