@@ -483,13 +483,13 @@ def test_presets_only_set_fields_that_base_declares(name):
 
 
 def test_the_meaning_keeping_preset_is_the_measured_mix():
-    """configs/softmcl_anchored.py is the softmcl_t0.4_ema_infonce_vsp3 run of RESULTS.md:
+    """configs/softmcl_anchored.py is the softmcl_t0.4_ema_infonce_vsp1 run of RESULTS.md:
     SoftMCL's preset plus the reproduction's overrides, nothing else; it adds one head and the
     frozen encoder's pass (no gradients), no online pass."""
     sys.path.insert(0, os.path.join(tu.ROOT, "benchmarks"))
     import reproduce_runs
 
-    run = reproduce_runs.MIXES["softmcl_t0.4_ema_infonce_vsp3"]
+    run = reproduce_runs.MIXES["softmcl_t0.4_ema_infonce_vsp1"]
     ours, plain = preset("softmcl_anchored"), preset("softmcl")
     assert run.config == "softmcl" and ours.name == "softmcl_anchored"
     for override in run.overrides:  # e.g. objective.infonce.key=ema/clean
@@ -501,7 +501,7 @@ def test_the_meaning_keeping_preset_is_the_measured_mix():
     assert ours.objective.infonce.to_dict() == dict(
         plain.objective.infonce.to_dict(), weight=1.0, query="online/masked", key="ema/clean")
     assert ours.objective.vsp.to_dict() == dict(
-        plain.objective.vsp.to_dict(), weight=3.0, of="online/masked", to="frozen/masked")
+        plain.objective.vsp.to_dict(), weight=1.0, of="online/masked", to="frozen/masked")
     ours.name = plain.name
     ours.objective.infonce = plain.objective.infonce  # what is left must be SoftMCL's preset
     ours.objective.vsp = plain.objective.vsp
