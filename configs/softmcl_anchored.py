@@ -21,9 +21,9 @@ main axis of the space and similarity suffers (STS-B dev 86.7 -> 70.5 on MiniLM)
   back most of the similarity (STS-B 84.3 at tau 0.1, 84.1 at 0.4).
 * VSP at weight 1: the batch's pairwise cosine structure of the same online pass held to the
   frozen encoder's on the same input (one forward pass more, without gradients); it gets back the
-  rest (STS-B 86.6, 3 seeds) for about half a point of EmoBank and of Warriner r. Weight 3 is the
-  same within the seeds' spread (STS-B 86.8, each sentiment score 0.2 to 1 point lower); 1 is the
-  closer of the two to keeping every sentiment gain.
+  rest (STS-B 86.6, 3 seeds) for about half a point of EmoBank r and a point of Warriner r.
+  Weight 3 is the same within the seeds' spread (STS-B 86.8, SST-2 0.2 points higher, EmoBank and
+  Warriner r 0.2 lower); 1 is the closer of the two to keeping every sentiment gain.
 
     python main.py --config=configs/softmcl_anchored.py --workdir=workdir/softmcl_anchored
 """
