@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -55,11 +56,12 @@ def run_dir(runs: str, method: str, seed: int) -> str:
     return os.path.join(runs, f"{method}-s{seed}")
 
 
-def _run(cmd: list[str], log_path: str) -> float:
-    """Run ``cmd`` from the repo root with its output in ``log_path``; seconds taken."""
-    print("+", " ".join(cmd), f"> {os.path.relpath(log_path)}", flush=True)
+def _run(cmd: list[str], log_path: str, append: bool = False) -> float:
+    """Run ``cmd`` from the repo root with its output in ``log_path`` (after what is there if
+    ``append``); seconds taken."""
+    print("+", " ".join(cmd), f"{'>>' if append else '>'} {os.path.relpath(log_path)}", flush=True)
     t0 = time.perf_counter()
-    with open(log_path, "w") as log:
+    with open(log_path, "a" if append else "w") as log:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode:
         sys.exit(f"failed (exit {proc.returncode}); see {log_path}")
@@ -92,9 +94,25 @@ def train(args: argparse.Namespace, method: str, seed: int) -> None:
     if args.steps:
         cmd.append(f"--config.total_steps={args.steps}")
     commit = code_version()
-    seconds = _run(cmd, os.path.join(out, "train.log"))
+    log_path = os.path.join(out, "train.log")
+    # An interrupted run resumes from its checkpoint: its earlier attempts' log stays, and the
+    # step it resumed from is kept so that its minutes are not read as a whole run's.
+    offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+    seconds = _run(cmd, log_path, append=True)
+    first_step = 0
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            f.seek(offset)
+            first_step = resumed_step(f.read())
     with open(os.path.join(out, "train_seconds.json"), "w") as f:
-        json.dump({"seconds": seconds, "commit": commit}, f)
+        json.dump({"seconds": seconds, "commit": commit, "first_step": first_step}, f)
+
+
+def resumed_step(log_text: str) -> int:
+    """The checkpoint step a trainer's log says it resumed from (softmcl_jax.loop logs
+    "resumed from DIR at step N"); 0 for a run that started fresh."""
+    found = re.search(r"resumed from .+ at step (\d+)", log_text)
+    return int(found[1]) if found else 0
 
 
 def _suite(args: argparse.Namespace, method: str, seed: int, name: str,
@@ -184,6 +202,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                     entry[name] = record["seconds"]
                     if name == "train_seconds":
                         entry["commit"] = record.get("commit", "unknown")
+                        entry["first_step"] = record.get("first_step", 0)
             if method != BASE:
                 config = _read_json(os.path.join(out, "config.json"))
                 entry["steps"] = config["total_steps"]

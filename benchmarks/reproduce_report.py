@@ -160,7 +160,8 @@ def budget_table(summary: dict[str, Any]) -> str:
         return ", ".join(sorted({s.get("commit", "unknown") for s in seeds})) or "–"
 
     def minutes(seeds: Iterable[dict[str, Any]], key: str) -> str:
-        xs = [s[key] / 60 for s in seeds if key in s]
+        xs = [s[key] / 60 * (_resume_scale(s) if key == "train_seconds" else 1)
+              for s in seeds if key in s]
         return f"{statistics.fmean(xs):.1f}" if xs else "–"
 
     runs = summary["runs"]
@@ -188,9 +189,21 @@ def budget_table(summary: dict[str, Any]) -> str:
                      f"{seeds[0]['learning_rate']:g} | 1 | {minutes(seeds, 'train_seconds')} | "
                      f"{minutes(seeds, 'eval_seconds')} | – (total {total:.0f} min) | "
                      f"{commits(seeds)} |")
+    resumed = [f"{name}-s{seed} from step {s['first_step']}" for name, seeds in runs.items()
+               for seed, s in seeds.items() if s.get("first_step")]
+    if resumed:
+        lines += ["", "Resumed after an interruption: " + ", ".join(resumed) + ". Their train "
+                  "minutes are scaled to the whole run from the steps that ran after the resume; "
+                  "the commit is the resumed attempt's."]
     if summary.get("archived"):
         lines += ["", ARCHIVED_NOTE]
     return "\n".join(lines)
+
+
+def _resume_scale(seed: dict[str, Any]) -> float:
+    """total steps / steps run in the last attempt: 1 for a run that trained in one go."""
+    first = seed.get("first_step", 0)
+    return seed["steps"] / (seed["steps"] - first) if first else 1.0
 
 
 def grid_tables(summary: dict[str, Any]) -> str:

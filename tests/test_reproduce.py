@@ -62,6 +62,28 @@ def test_table_is_mean_and_sample_std_over_the_finished_seeds(args):
     assert summary["runs"]["simcse"]["0"]["curve"][-1] == {"step": 20, "loss": 0.05}
 
 
+def test_a_resumed_run_is_timed_as_a_whole_run(args):
+    """A run resumed at step 10 of 20 ran half its steps in its 120 s: 4 minutes per run, not 2,
+    and the compute table says which run resumed where."""
+    out = reproduce.run_dir(args.runs_dir, "simcse", 1)
+    with open(os.path.join(out, "train_seconds.json"), "w") as f:
+        json.dump({"seconds": 120.0, "commit": "abc1234", "first_step": 10}, f)
+    summary = reproduce.collect(args)
+    assert summary["runs"]["simcse"]["1"]["first_step"] == 10
+    assert summary["runs"]["simcse"]["0"]["first_step"] == 0  # a record from before the field
+    table = report.budget_table(summary)
+    row = next(line for line in table.splitlines() if line.startswith("| simcse"))
+    assert row.split("|")[6].strip() == f"{(2.0 + 4.0) / 2:.1f}"
+    assert "simcse-s1 from step 10" in table
+
+
+def test_the_resumed_step_is_read_from_the_trainers_log():
+    line = ("I1201 02:19:34.144713 140300821666688 loop.py:238] resumed from "
+            "/runs/a b/softmcl-s1/checkpoints at step 100\n")
+    assert reproduce.resumed_step("I1201 objective: ...\n" + line + "step 110/300\n") == 100
+    assert reproduce.resumed_step("I1201 objective: ...\nstep 10/300\n") == 0
+
+
 def _results_md(path):
     blocks = "".join(f"<!-- generated: {n} begin -->\nold {n}\n<!-- generated: {n} end -->\n"
                      f"\nprose after {n}\n" for n in ("main", "mixes", "affect", "temperature",
@@ -186,7 +208,7 @@ def test_report_counts_every_finished_seed_not_only_this_calls(args):
 
 def test_finished_steps_are_not_run_again(args, monkeypatch):
     calls = []
-    monkeypatch.setattr(reproduce, "_run", lambda cmd, log: calls.append(cmd) or 0.0)
+    monkeypatch.setattr(reproduce, "_run", lambda cmd, log, append=False: calls.append(cmd) or 0.0)
     reproduce.evaluate(args, "simcse", 0)  # eval.json exists
     os.makedirs(os.path.join(reproduce.run_dir(args.runs_dir, "simcse", 0), "export"))
     open(os.path.join(reproduce.run_dir(args.runs_dir, "simcse", 0), "export",
@@ -204,7 +226,7 @@ def test_runs_are_presets_with_overrides(args, monkeypatch):
     control of the V/A/D run differs from it in the label dimensions alone."""
     calls = []
 
-    def fake_run(cmd, log):
+    def fake_run(cmd, log, append=False):
         calls.append(cmd)
         for flag in cmd:  # what evaluate writes
             if flag.startswith("--output="):
