@@ -192,9 +192,9 @@ def budget_table(summary: dict[str, Any]) -> str:
     resumed = [f"{name}-s{seed} from step {s['first_step']}" for name, seeds in runs.items()
                for seed, s in seeds.items() if s.get("first_step")]
     if resumed:
-        lines += ["", "Resumed after an interruption: " + ", ".join(resumed) + ". Their train "
-                  "minutes are scaled to the whole run from the steps that ran after the resume; "
-                  "the commit is the resumed attempt's."]
+        lines += ["", "Resumed after an interruption: " + ", ".join(resumed) + ". A resumed "
+                  "run's train minutes are scaled to the whole run from the steps that ran after "
+                  "the resume; its commit is the resumed attempt's."]
     if summary.get("archived"):
         lines += ["", ARCHIVED_NOTE]
     return "\n".join(lines)
