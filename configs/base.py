@@ -162,6 +162,9 @@ def get_objective() -> ml_collections.ConfigDict:
     # Vector-space preservation: pooled vectors of `of` kept close to those of `to`
     # ("pairwise" cosine structure or "pointwise" vectors).
     o.vsp = dict(weight=0.0, of="online/clean", to="frozen/clean", mode="pairwise")
+    # The same over the token vectors of each sentence's first lexicon words (soft_word's words).
+    o.vsp_word = dict(weight=0.0, of="online/clean", to="frozen/clean", mode="pairwise",
+                      max_words_per_sentence=4)
     # LCL (Suresh & Ong): label-aware contrast of the pooled vectors, negatives weighted by the
     # weighting head's class probabilities (gradients reach it unless detach_class_weights).
     o.lcl = dict(weight=0.0, temperature=0.3, of="online/clean", weighting_head="weighting",

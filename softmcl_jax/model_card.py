@@ -31,7 +31,7 @@ SOURCES = {
 }
 # Each paper, and the loss terms that come from it.
 PAPERS = {
-    "softmcl": (("soft_sentence", "soft_word", "mlm", "vsp"),
+    "softmcl": (("soft_sentence", "soft_word", "mlm", "vsp", "vsp_word"),
                 "Wang et al. SoftMCL: Soft Momentum Contrastive Learning for Fine-grained "
                 "Sentiment-aware Pre-training. LREC-COLING 2024"),
     "retrofit": (("supcon",),

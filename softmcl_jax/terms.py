@@ -279,6 +279,27 @@ def _vsp_loss(ctx, knobs) -> TermOut:
     return TermOut(value, {}, None)
 
 
+def _vsp_word_needs(name, knobs, config) -> Needs:
+    if knobs.max_words_per_sentence < 1:
+        raise ValueError(f"{_field(name, 'max_words_per_sentence')} must be >= 1")
+    return dataclasses.replace(_vsp_needs(name, knobs, config), batch=("token_valence_mask",),
+                               data=("token:valence",))
+
+
+def _vsp_word_loss(ctx, knobs) -> TermOut:
+    """VSP over the token vectors of the words soft_word contrasts (the first W lexicon words of
+    each sentence), the reference vectors taken at the same positions of the ``to`` pass: the
+    word level is where SoftMCL's word term moves the space, so that is where it is held."""
+    token_mask = ctx.batch["token_valence_mask"] & ctx.valid[:, None]
+    vec, pos, w_valid = gather_words(ctx.hidden(knobs.of), token_mask,
+                                     knobs.max_words_per_sentence)
+    ref = jnp.take_along_axis(sg(ctx.hidden(knobs.to)), pos[..., None], axis=1)
+    value = losses.vector_space_preservation(vec.astype(jnp.float32),
+                                             ref.reshape(vec.shape).astype(jnp.float32),
+                                             valid=w_valid, mode=knobs.mode)
+    return TermOut(value, {}, None)
+
+
 def _classes(name: str, config) -> None:
     if config.data.num_labels < 2:
         raise ValueError(f"config.objective.{name} needs classes: config.data.num_labels="
@@ -342,6 +363,8 @@ TERMS: dict[str, Term] = {
     "supcon": Term(_supcon_needs, _supcon_loss, "SupCon over class labels"),
     "vsp": Term(_vsp_needs, _vsp_loss,
                 "vector-space preservation: pairwise cosines (or vectors) of `of` kept to `to`"),
+    "vsp_word": Term(_vsp_word_needs, _vsp_word_loss,
+                     "the same over lexicon words' token vectors (the words soft_word reads)"),
     "lcl": Term(_lcl_needs, _lcl_loss,
                 "LCL: label-aware contrast, negatives weighted by the weighting head"),
     "ce": Term(_ce_needs("classifier"), _ce_loss, "classifier cross-entropy"),

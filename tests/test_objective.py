@@ -94,12 +94,56 @@ def test_a_term_switched_on_changes_only_what_it_needs():
     ({"objective.soft_word.label_weights": (1.0, 2.0)},
      r"config.objective.soft_word.label_weights=\(1.0, 2.0\): one weight"),
     ({"objective.ce.weight": 1.0}, r"config.objective.ce needs classes: config.data.num_labels"),
+    ({"objective.vsp_word.weight": 1.0, "objective.vsp_word.max_words_per_sentence": 0},
+     r"config.objective.vsp_word.max_words_per_sentence must be >= 1"),
+    ({"objective.vsp_word.weight": 1.0, "objective.vsp_word.to": "online/clean"},
+     r"config.objective.vsp_word.to='online/clean' is the same pass as "
+     r"config.objective.vsp_word.of"),
     ({"data.scale_low": 1.0}, r"config.data.scale_low=1.0 and config.data.scale_high=None"),
     ({"model.pooling": "max"}, r"config.model.pooling='max' is not one of"),
 ])
 def test_validate_names_the_field(fields, message):
     with pytest.raises(ValueError, match=message):
         config_check.validate(preset("softmcl", **fields))
+
+
+def test_word_vsp_is_vsp_over_the_words_soft_word_reads():
+    """vsp_word against a brute-force reference: per sentence the first W lexicon-flagged tokens
+    (padding rows and sentences beyond them take no part), each word's reference vector from
+    the same position of the `to` pass, then the closed form of pairwise VSP,
+    1/(n(n-1)) sum_{i != j} (cos(e_i, e_j) - cos(f_i, f_j))^2; pointwise: mean ||e^ - f^||^2."""
+    from types import SimpleNamespace
+
+    from softmcl_jax.terms import TERMS
+
+    rng = np.random.default_rng(0)
+    b, length, h, per = 4, 7, 5, 2
+    hidden = {"online/masked": rng.normal(size=(b, length, h)).astype(np.float32),
+              "frozen/masked": rng.normal(size=(b, length, h)).astype(np.float32)}
+    flags = np.zeros((b, length), bool)
+    flags[0, [1, 4, 5]] = True  # three words: the third is beyond W = 2
+    flags[1, [6]] = True
+    flags[3, [2, 3]] = True  # row 3 is padding (valid False): none of its words count
+    valid = np.array([True, True, True, False])
+    ctx = SimpleNamespace(hidden=lambda ref: jnp.asarray(hidden[ref]), valid=jnp.asarray(valid),
+                          batch={"token_valence_mask": jnp.asarray(flags)})
+    words = [(i, t) for i in range(b) if valid[i] for t in np.flatnonzero(flags[i])[:per]]
+    assert words == [(0, 1), (0, 4), (1, 6)]
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    e = unit(np.stack([hidden["online/masked"][i, t] for i, t in words]).astype(np.float64))
+    f = unit(np.stack([hidden["frozen/masked"][i, t] for i, t in words]).astype(np.float64))
+    off = ~np.eye(len(words), dtype=bool)
+    pairwise = np.sum(((e @ e.T - f @ f.T) ** 2)[off]) / off.sum()
+    pointwise = np.mean(np.sum((e - f) ** 2, axis=-1))
+    for mode, want in (("pairwise", pairwise), ("pointwise", pointwise)):
+        knobs = preset("softmcl").objective.vsp_word
+        knobs.update(of="online/masked", to="frozen/masked", mode=mode,
+                     max_words_per_sentence=per)
+        got = TERMS["vsp_word"].loss(ctx, knobs).value
+        np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
 def test_no_term_on_is_refused():
@@ -202,6 +246,10 @@ def mix_config(name: str, tmp_path, model_dir: str):
     elif name == "softcse+queue":
         c = preset("softcse", **TINY)
         c.objective.softcse.update(key="ema/clean", queue_size=32)
+    elif name == "softmcl+vsp_word":  # held at the sentence and the word level
+        c = preset("softmcl", **TINY)
+        for term in (c.objective.vsp, c.objective.vsp_word):
+            term.update(weight=100.0, of="online/masked", to="frozen/masked")
     elif name == "vad":  # the V/A/D preset, on its train words only
         c = preset("softmcl_vad", **TINY)
         lexicon = warriner_csv(str(tmp_path / "w.csv"))
@@ -213,7 +261,7 @@ def mix_config(name: str, tmp_path, model_dir: str):
     return c
 
 
-MIXES = ["softmcl+vsp", "soft_sentence+supcon", "softcse+queue", "vad"]
+MIXES = ["softmcl+vsp", "softmcl+vsp_word", "soft_sentence+supcon", "softcse+queue", "vad"]
 
 
 def train_words(lexicon_csv: str, path: str) -> str:
@@ -340,18 +388,21 @@ def test_mixes_train_every_term(mix, tmp_path, model_dir):
     # the claim per term is its gradient above; what the mix minimises is the weighted sum.
     total = lambda v: sum(w * float(v[t]) for t, w in the_plan.weights)
     assert total(end) < total(start), (start, end)
-    if "vsp" in the_plan.terms:
+    for held in [t for t in ("vsp", "vsp_word") if t in the_plan.terms]:
         # VSP is 0 at the start (online = frozen) and can only grow: what it does is keep the
-        # space closer to the frozen one than the same mix without it does.
-        config.objective.vsp.weight = 0.0
+        # space closer to the frozen one than the same mix without it does (the other VSP term,
+        # if any, still on: each level's term holds its own level).
+        weight = config.objective[held].weight
+        config.objective[held].weight = 0.0
         free_plan = config_check.validate(config)
         free = train.setup_step(objective.build_model(model.pretrained, free_plan, config),
                                 config, mesh, free_plan)
         free_state = _train(free, free.init(), pipeline, free_plan, 30)
-        drift = float(terms(free_state.params, state.ema_params, state.queues)["vsp"])
-        print(f"{mix}: VSP to the frozen encoder after 30 steps: {float(end['vsp']):.4f} with "
+        config.objective[held].weight = weight
+        drift = float(terms(free_state.params, state.ema_params, state.queues)[held])
+        print(f"{mix}: {held} to the frozen encoder after 30 steps: {float(end[held]):.4f} with "
               f"the term, {drift:.4f} without it")
-        assert float(end["vsp"]) < 0.5 * drift
+        assert float(end[held]) < 0.5 * drift
 
 
 def test_a_scheduled_weight_is_the_constant_weight_of_its_step(tmp_path, model_dir):
