@@ -54,6 +54,7 @@ MIX_COLUMNS: tuple[Column, ...] = (
     ("sst5", "acc", "SST-5 acc"),
     ("goemotions", "ami", "GoEmo AMI"),
     ("sst2_fewshot", "acc_k16_mean", "SST-2 16-shot"),
+    ("sst2_finetune", "acc", "SST-2 fine-tuned"),
 )
 AFFECT_COLUMNS: tuple[Column, ...] = (
     ("emobank", "pearson", "EmoBank V r"),
@@ -115,7 +116,8 @@ ARCHIVED_NOTE = ("† not yet rerun at the current commit: the row of commit d10
 
 def table(summary: dict[str, Any], names: Iterable[str],
           columns: Sequence[Column] = COLUMNS, goal: bool = False) -> str:
-    """A markdown table, one row per run that has results: mean ± sample std over seeds, x100.
+    """A markdown table, one row per run that has results: mean ± sample std over seeds, x100;
+    a cell over fewer seeds than its row (SST-2 fine-tuning) says how many, "(2)".
     ``goal``: add the goal's sentiment mean and whether the run meets the goal."""
     runs = summary["runs"]
     titles = [c[2] for c in columns] + (["sentiment mean", "goal"] if goal else [])
@@ -130,7 +132,8 @@ def table(summary: dict[str, Any], names: Iterable[str],
                 cells.append("–")
                 continue
             m, sd = mean_std(vals)
-            cells.append(f"{100 * m:.1f} ± {100 * sd:.1f}")
+            fewer = f" ({len(vals)})" if len(vals) < len(runs[name]) else ""
+            cells.append(f"{100 * m:.1f} ± {100 * sd:.1f}{fewer}")
         if goal:
             senti = sentiment_mean(summary, name)
             cells.append(f"{100 * mean_std(senti)[0]:.1f}" if senti else "–")

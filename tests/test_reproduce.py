@@ -62,6 +62,19 @@ def test_table_is_mean_and_sample_std_over_the_finished_seeds(args):
     assert summary["runs"]["simcse"]["0"]["curve"][-1] == {"step": 20, "loss": 0.05}
 
 
+def test_a_cell_over_fewer_seeds_than_its_row_says_how_many(args):
+    """SST-2 fine-tuning ran for seed 0 only: its cell is that seed's, marked (1)."""
+    out = reproduce.run_dir(args.runs_dir, "simcse", 0)
+    with open(os.path.join(out, "finetune.json"), "w") as f:
+        json.dump({"sst2_finetune": {"acc": 0.86, "split": "dev", "n": 872}}, f)
+    summary = reproduce.collect(args)
+    rows = {line.split("|")[1].strip(): line for line in report.table(
+        summary, ["simcse"], [("sst2", "acc", "SST-2"), ("sst2_finetune", "acc", "FT")]
+    ).splitlines()}
+    cells = [c.strip() for c in rows["simcse"].split("|")[2:5]]
+    assert cells == ["2", "81.5 ± 2.1", "86.0 ± 0.0 (1)"]
+
+
 def test_a_resumed_run_is_timed_as_a_whole_run(args):
     """A run resumed at step 10 of 20 ran half its steps in its 120 s: 4 minutes per run, not 2,
     and the compute table says which run resumed where."""
