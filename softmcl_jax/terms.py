@@ -171,6 +171,15 @@ def _soft_sentence_loss(ctx, knobs) -> TermOut:
     return TermOut(value, {}, (k, labels, valid))
 
 
+def _word_vectors(ctx, token_mask: jax.Array, of: str, to: str, per: int
+                  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The first ``per`` flagged tokens' vectors of pass ``of`` (B * W, H), those of pass ``to``
+    at the same positions (stop_gradient), the positions (B, W) and validity (B * W,)."""
+    vec, pos, valid = gather_words(ctx.hidden(of), token_mask, per)
+    ref = jnp.take_along_axis(sg(ctx.hidden(to)), pos[..., None], axis=1).reshape(vec.shape)
+    return vec, ref, pos, valid
+
+
 def _soft_word_loss(ctx, knobs) -> TermOut:
     """The first W lexicon-rated tokens of each sentence; key vectors at the same positions."""
     dims = tuple(knobs.labels)
@@ -183,10 +192,8 @@ def _soft_word_loss(ctx, knobs) -> TermOut:
         if d != "valence":
             token_mask = token_mask & (columns[-1] >= 0)
     labels = jnp.stack(columns, axis=-1)  # (B, L, D)
-    per = knobs.max_words_per_sentence
-    hidden, k_hidden = ctx.hidden(knobs.query), sg(ctx.hidden(knobs.key))
-    q_vec, pos, w_valid = gather_words(hidden, token_mask, per)
-    k_vec = jnp.take_along_axis(k_hidden, pos[..., None], axis=1).reshape(q_vec.shape)
+    q_vec, k_vec, pos, w_valid = _word_vectors(ctx, token_mask, knobs.query, knobs.key,
+                                               knobs.max_words_per_sentence)
     w_labels = jnp.take_along_axis(labels, pos[..., None], axis=1).reshape(-1, len(dims))
     q = ctx.head(knobs.query, knobs.head, q_vec.astype(jnp.float32))
     k = sg(ctx.head(knobs.key, knobs.head, k_vec.astype(jnp.float32)))
@@ -291,11 +298,9 @@ def _vsp_word_loss(ctx, knobs) -> TermOut:
     each sentence), the reference vectors taken at the same positions of the ``to`` pass: the
     word level is where SoftMCL's word term moves the space, so that is where it is held."""
     token_mask = ctx.batch["token_valence_mask"] & ctx.valid[:, None]
-    vec, pos, w_valid = gather_words(ctx.hidden(knobs.of), token_mask,
-                                     knobs.max_words_per_sentence)
-    ref = jnp.take_along_axis(sg(ctx.hidden(knobs.to)), pos[..., None], axis=1)
-    value = losses.vector_space_preservation(vec.astype(jnp.float32),
-                                             ref.reshape(vec.shape).astype(jnp.float32),
+    vec, ref, _, w_valid = _word_vectors(ctx, token_mask, knobs.of, knobs.to,
+                                         knobs.max_words_per_sentence)
+    value = losses.vector_space_preservation(vec.astype(jnp.float32), ref.astype(jnp.float32),
                                              valid=w_valid, mode=knobs.mode)
     return TermOut(value, {}, None)
 
