@@ -114,8 +114,6 @@ def test_word_vsp_is_vsp_over_the_words_soft_word_reads():
     1/(n(n-1)) sum_{i != j} (cos(e_i, e_j) - cos(f_i, f_j))^2; pointwise: mean ||e^ - f^||^2."""
     from types import SimpleNamespace
 
-    from softmcl_jax.terms import TERMS
-
     rng = np.random.default_rng(0)
     b, length, h, per = 4, 7, 5, 2
     hidden = {"online/masked": rng.normal(size=(b, length, h)).astype(np.float32),
