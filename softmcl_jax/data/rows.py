@@ -281,11 +281,17 @@ def gini_mean_difference(counts: Mapping[float, int]) -> float:
 
 class MemorySource:
     """Rows held in memory, with the interface of a prepared folder's source
-    (``len``, ``read(indices) -> list[bytes]``, ``manifest``): small data in tests and
-    notebooks; training reads prepared folders."""
+    (``len``, ``read(indices) -> list[bytes]``, ``lengths(indices)``, ``manifest``): small data
+    in tests and notebooks; training reads prepared folders.
+
+    ``lengths(indices)`` gives the rows' token counts without reading the rows (a prepared folder
+    keeps them in a memory-mapped ``lengths.npy``): every process can then decide the packing
+    of the whole global batch while reading only its own rows.
+    """
 
     def __init__(self, blobs: Sequence[bytes], *, max_len: int, pad_id: int, name: str = "memory"):
         self.blobs = list(blobs)
+        self._lengths = np.array([_HEADER.unpack_from(b)[2] for b in self.blobs], np.int32)
         stats = RowStats(max_len)
         for b in self.blobs:
             stats.add(decode_row(b))
@@ -298,3 +304,6 @@ class MemorySource:
 
     def read(self, indices: Sequence[int]) -> list[bytes]:
         return [self.blobs[int(i)] for i in indices]
+
+    def lengths(self, indices: Sequence[int]) -> np.ndarray:
+        return self._lengths[np.asarray(indices, np.int64)]
