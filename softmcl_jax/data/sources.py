@@ -9,7 +9,7 @@ a Warriner-format CSV path; only the last has word arousal and dominance (``load
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 
@@ -32,15 +32,22 @@ def _scale(d: ml_collections.ConfigDict) -> tuple[float, float] | None:
 
 def load_sentences(d: ml_collections.ConfigDict) -> list[Sentence]:
     """The training sentences the config names, in file order (shuffling is the pipeline's)."""
+    return list(iter_sentences(d))
+
+
+def iter_sentences(d: ml_collections.ConfigDict) -> Iterator[Sentence]:
+    """:func:`load_sentences` one sentence at a time: the same sentences in the same order, and
+    the same errors (a bad config raises at the first ``next``, a bad row when it is reached)."""
     src, path, bad = d.source, d.get("path", ""), d.get("on_bad_row", "raise")
     split = d.get("split") or None
     if src == "vader":
-        return load_vader_sentences(tuple(d.vader_sets))
+        yield from load_vader_sentences(tuple(d.vader_sets))
+        return
     if not path:
         raise ValueError(f"config.data.path is empty but data.source={src!r} needs a file")
     if src == "emobank":
-        return readers.read_emobank(path, splits=[split] if split else None, on_bad_row=bad)
-    if src == "goemotions":
+        yield from readers.read_emobank(path, splits=[split] if split else None, on_bad_row=bad)
+    elif src == "goemotions":
         sentences = readers.read_goemotions(path, on_bad_row=bad)
         if d.get("single_label_only", False):
             # Retrofitting and LCL need one class per sentence: multi-label comments are left out.
@@ -48,27 +55,28 @@ def load_sentences(d: ml_collections.ConfigDict) -> list[Sentence]:
             log.info("goemotions: kept %d single-label of %d comments", len(kept),
                      len(sentences))
             sentences = kept
-        return sentences
-    if src == "sst":
-        return readers.read_sst(path, num_labels=d.num_labels, on_bad_row=bad)
-    if src in ("csv", "tsv"):
-        return readers.read_csv(
+        yield from sentences
+    elif src == "sst":
+        yield from readers.read_sst(path, num_labels=d.num_labels, on_bad_row=bad)
+    elif src in ("csv", "tsv"):
+        yield from readers.read_csv(
             path, text_column=d.text_column, label_column=d.get("label_column") or None,
             valence_column=d.get("valence_column") or None, scale=_scale(d),
             num_labels=d.get("num_labels") or None, delimiter="\t" if src == "tsv" else ",",
             on_bad_row=bad)
-    if src == "jsonl":
-        return readers.read_jsonl(
+    elif src == "jsonl":
+        yield from readers.read_jsonl(
             path, text_key=d.text_column, label_key=d.get("label_column") or None,
             valence_key=d.get("valence_column") or None, scale=_scale(d),
             num_labels=d.get("num_labels") or None, on_bad_row=bad)
-    if src == "hf":
-        return readers.read_hf(
+    elif src == "hf":
+        yield from readers.read_hf(
             path, split=split or "train", text_column=d.text_column,
             label_column=d.get("label_column") or None,
             valence_column=d.get("valence_column") or None, scale=_scale(d),
             on_bad_row=bad)
-    raise ValueError(f"config.data.source={src!r} is not one of {SOURCES}")
+    else:
+        raise ValueError(f"config.data.source={src!r} is not one of {SOURCES}")
 
 
 def load_lexicon(name: str, words: str = "") -> dict[str, float]:
