@@ -13,6 +13,7 @@ import pytest
 
 from softmcl_jax import config_check, losses
 from softmcl_jax.data import rating_units
+from softmcl_jax.data.rows import RowStats, decode_row, rows_from_encoded
 from tests.test_objective import preset
 
 
@@ -87,6 +88,32 @@ def test_ratings_that_do_not_vary_are_refused_by_name():
     with pytest.raises(ValueError, match=r"rating_unit='spread': the training data's "
                                          r"sentence_valence ratings do not vary"):
         rating_units.in_spread_units(a)
+
+
+def _manifest(a, rows):
+    """A prepared folder's manifest of ``a``'s rows ``rows`` (rows.RowStats, as prepare writes)."""
+    arrays = {**a, "attention_mask": np.ones_like(a["input_ids"], np.int32),
+              "special_tokens_mask": np.zeros(a["input_ids"].shape, bool),
+              "labels": np.full(len(a["input_ids"]), -1, np.int32)}
+    stats = RowStats(a["input_ids"].shape[1])
+    for blob in rows_from_encoded({k: v[rows] for k, v in arrays.items()}):
+        stats.add(decode_row(blob))
+    return stats.to_json()
+
+
+def test_a_mixtures_spreads_are_those_of_the_union_of_its_rows():
+    """From two manifests' rating multisets alone, the spreads of all their rows together."""
+    a = _arrays(np.random.default_rng(1))
+    _, whole = rating_units.in_spread_units(a)
+    parts = [_manifest(a, slice(0, 15)), _manifest(a, slice(15, None))]
+    merged = rating_units.spreads_of_manifests(parts)
+    assert sorted(merged) == sorted(whole)
+    for key in whole:
+        assert merged[key] == pytest.approx(whole[key], rel=1e-12)
+    flat = _manifest({**a, "sentence_valence": np.where(a["sentence_valence"] >= 0, 0.5, -1.0)
+                      .astype(np.float32)}, slice(None))
+    with pytest.raises(ValueError, match="sentence_valence ratings do not vary"):
+        rating_units.spreads_of_manifests([flat])
 
 
 def test_an_unknown_rating_unit_is_refused():

@@ -21,10 +21,11 @@ markers (below 0, or 0 outside ``token_valence_mask``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from softmcl_jax.data.rows import RowStats, gini_mean_difference
 from softmcl_jax.data.sources import AFFECT_DIMS
 
 RATING_UNITS = ("scale", "spread")
@@ -87,3 +88,27 @@ def in_spread_units(arrays: Mapping[str, np.ndarray]
         x = np.asarray(arrays[key])
         out[key] = np.where(_present(arrays, key), x / spread, x).astype(x.dtype)
     return out, s
+
+
+def spreads_of_manifests(manifests: Sequence[Mapping]) -> dict[str, float]:
+    """:func:`spreads` of the union of prepared folders' rows, from their manifests' exact rating
+    multisets (``values``; ``rows.RowStats``) without reading a row: a mixture's ratings share
+    one unit. Raises ``ValueError`` as :func:`spreads` does."""
+    merged: dict[str, dict[float, int]] = {}
+    for m in manifests:
+        for key, counts in RowStats.from_json(m).values.items():
+            mine = merged.setdefault(key, {})
+            for v, n in counts.items():
+                mine[v] = mine.get(v, 0) + n
+    out = {}
+    for key, counts in merged.items():
+        total = sum(counts.values())
+        if not total:
+            continue
+        s = gini_mean_difference(counts) if total >= 2 else 0.0
+        if not s > 0:
+            raise ValueError(f"config.data.rating_unit='spread': the training data's {key} "
+                             f"ratings do not vary ({total} ratings, spread {s:g}); use "
+                             "rating_unit='scale'")
+        out[key] = s
+    return out
