@@ -25,6 +25,13 @@ rows, which some checkpoints pad beyond any id the tokenizer produces.
 The randomness is a function of ``(seed, step, process_index)`` only (a ``SeedSequence`` on
 exactly those three numbers, in a stream of its own), so a resumed run re-creates the same masks
 and each host masks its own shard differently.
+
+**Row blocks.** The draws (:func:`draw_masks`) are made for the whole (B, L) batch and every
+decision is within a row (:func:`apply_masks`), so a block of rows can be masked from its rows
+alone (:func:`mask_token_rows`): the input pipeline draws the global batch's masks from
+``(seed, step)`` on every process and applies them to that process's rows only, which makes the
+global batch's masks independent of the number of processes without any process reading
+another's rows.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from typing import Any
 import numpy as np
 
 IGNORE_INDEX = -100
-# Distinguishes the masking stream from the shuffling stream (pipeline.py) for equal numbers.
+# Distinguishes the masking stream from the shuffling streams (mixture.py) for equal numbers.
 MASK_STREAM = 0x4D4C4D  # "MLM"
 
 
@@ -69,6 +76,88 @@ def _replacement_ids(vocab_size: int, excluded: tuple[int, ...]) -> np.ndarray:
         raise ValueError("no token id left for random replacement")
     allowed.setflags(write=False)
     return allowed
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskDraws:
+    """Every random number one masking uses, for each position of a (B, L) batch:
+    ``u_select`` and ``u_action`` (B, L) float64 uniforms on [0, 1) and ``random_ids`` (B, L)
+    the replacement id each position would get. Rows of it are the draws of those rows."""
+
+    u_select: np.ndarray
+    u_action: np.ndarray
+    random_ids: np.ndarray
+
+    def rows(self, start: int, stop: int) -> MaskDraws:
+        """The draws of rows ``[start, stop)``."""
+        return MaskDraws(self.u_select[start:stop], self.u_action[start:stop],
+                         self.random_ids[start:stop])
+
+
+def _check_rates(rate: float, mask_fraction: float, random_fraction: float,
+                 max_predictions: int) -> None:
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be in [0, 1], got {rate}")
+    if mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
+        raise ValueError("mask_fraction and random_fraction must be >= 0 and sum to <= 1")
+    if max_predictions < 0:
+        raise ValueError(f"max_predictions must be >= 0 (0: no cap), got {max_predictions}")
+
+
+def draw_masks(shape: tuple[int, int], *, mask_token_id: int, vocab_size: int, seed: int,
+               step: int, process_index: int, special_ids: Sequence[int] = ()) -> MaskDraws:
+    """The draws of :func:`mask_tokens` for a batch of ``shape`` (B, L), from
+    ``(seed, step, process_index)`` alone. Everything is drawn for every position (not just the
+    eligible ones), so a row's masks do not depend on the other rows' padding, and the draws of
+    rows ``[a, b)`` are ``draw_masks((B, L), ...).rows(a, b)`` whoever holds the other rows."""
+    rng = np.random.default_rng(
+        np.random.SeedSequence([seed, step, process_index], spawn_key=(MASK_STREAM,)))
+    u_select = rng.random(shape)
+    u_action = rng.random(shape)
+    allowed = _replacement_ids(int(vocab_size), tuple(sorted({*map(int, special_ids),
+                                                               int(mask_token_id)})))
+    random_ids = allowed[rng.integers(0, allowed.size, size=shape)]
+    return MaskDraws(u_select, u_action, random_ids)
+
+
+def apply_masks(
+    input_ids: np.ndarray,
+    special_mask: np.ndarray,
+    draws: MaskDraws,
+    *,
+    mask_token_id: int,
+    rate: float = 0.15,
+    mask_fraction: float = 0.8,
+    random_fraction: float = 0.1,
+    max_predictions: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mask_tokens`' decisions on rows whose draws are given: every decision is within
+    a row (selection, the per-row cap, the action), so any block of rows can be masked on its
+    own with its rows of the draws. Shapes: ``input_ids``, ``special_mask`` and the draws
+    (b, L); returns (masked_ids (b, L), mlm_labels (b, L) int32)."""
+    _check_rates(rate, mask_fraction, random_fraction, max_predictions)
+    input_ids = np.asarray(input_ids)
+    special_mask = np.asarray(special_mask, bool)
+    if special_mask.shape != input_ids.shape:
+        raise ValueError(f"special_mask shape {special_mask.shape} != ids {input_ids.shape}")
+    if draws.u_select.shape != input_ids.shape:
+        raise ValueError(f"draws of shape {draws.u_select.shape} for ids {input_ids.shape}")
+    u_select, u_action = draws.u_select, draws.u_action
+    selected = (u_select < rate) & ~special_mask
+    if max_predictions and input_ids.ndim and input_ids.shape[-1] > max_predictions:
+        # Rank of each selected token's draw within its row; unselected rank last.
+        order = np.argsort(np.where(selected, u_select, np.inf), axis=-1, kind="stable")
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.broadcast_to(np.arange(order.shape[-1]), order.shape),
+                          axis=-1)
+        selected &= rank < max_predictions
+    to_mask = selected & (u_action < mask_fraction)
+    to_random = selected & (u_action >= mask_fraction) & (u_action < mask_fraction
+                                                           + random_fraction)
+    masked = np.where(to_mask, mask_token_id, input_ids)
+    masked = np.where(to_random, draws.random_ids, masked).astype(input_ids.dtype)
+    labels = np.where(selected, input_ids, IGNORE_INDEX).astype(np.int32)
+    return masked, labels
 
 
 def mask_tokens(
@@ -103,38 +192,52 @@ def mask_tokens(
       (masked_ids (B, L) same dtype as ``input_ids``, mlm_labels (B, L) int32 with the original
       id where selected and -100 elsewhere).
     """
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1], got {rate}")
-    if mask_fraction < 0 or random_fraction < 0 or mask_fraction + random_fraction > 1:
-        raise ValueError("mask_fraction and random_fraction must be >= 0 and sum to <= 1")
-    if max_predictions < 0:
-        raise ValueError(f"max_predictions must be >= 0 (0: no cap), got {max_predictions}")
+    _check_rates(rate, mask_fraction, random_fraction, max_predictions)
     input_ids = np.asarray(input_ids)
     special_mask = np.asarray(special_mask, bool)
     if special_mask.shape != input_ids.shape:
         raise ValueError(f"special_mask shape {special_mask.shape} != ids {input_ids.shape}")
-    rng = np.random.default_rng(
-        np.random.SeedSequence([seed, step, process_index], spawn_key=(MASK_STREAM,)))
-    # Draw everything for every position (not just eligible ones), so the masks of one row do
-    # not depend on how much padding the other rows have.
-    u_select = rng.random(input_ids.shape)
-    u_action = rng.random(input_ids.shape)
-    allowed = _replacement_ids(int(vocab_size), tuple(sorted({*map(int, special_ids),
-                                                               int(mask_token_id)})))
-    random_ids = allowed[rng.integers(0, allowed.size, size=input_ids.shape)]
+    draws = draw_masks(input_ids.shape, mask_token_id=mask_token_id, vocab_size=vocab_size,
+                       seed=seed, step=step, process_index=process_index,
+                       special_ids=special_ids)
+    return apply_masks(input_ids, special_mask, draws, mask_token_id=mask_token_id, rate=rate,
+                       mask_fraction=mask_fraction, random_fraction=random_fraction,
+                       max_predictions=max_predictions)
 
-    selected = (u_select < rate) & ~special_mask
-    if max_predictions and input_ids.ndim and input_ids.shape[-1] > max_predictions:
-        # Rank of each selected token's draw within its row; unselected rank last.
-        order = np.argsort(np.where(selected, u_select, np.inf), axis=-1, kind="stable")
-        rank = np.empty_like(order)
-        np.put_along_axis(rank, order, np.broadcast_to(np.arange(order.shape[-1]), order.shape),
-                          axis=-1)
-        selected &= rank < max_predictions
-    to_mask = selected & (u_action < mask_fraction)
-    to_random = selected & (u_action >= mask_fraction) & (u_action < mask_fraction
-                                                           + random_fraction)
-    masked = np.where(to_mask, mask_token_id, input_ids)
-    masked = np.where(to_random, random_ids, masked).astype(input_ids.dtype)
-    labels = np.where(selected, input_ids, IGNORE_INDEX).astype(np.int32)
-    return masked, labels
+
+def mask_token_rows(
+    input_ids: np.ndarray,
+    special_mask: np.ndarray,
+    *,
+    row_start: int,
+    global_batch_size: int,
+    mask_token_id: int,
+    vocab_size: int,
+    seed: int,
+    step: int,
+    process_index: int = 0,
+    rate: float = 0.15,
+    special_ids: Sequence[int] = (),
+    mask_fraction: float = 0.8,
+    random_fraction: float = 0.1,
+    max_predictions: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row-block form: rows ``[row_start, row_start + b)`` of :func:`mask_tokens` on a
+    (``global_batch_size``, L) batch, from those rows alone. ``input_ids`` and
+    ``special_mask`` are the block's (b, L); the result equals rows ``[row_start,
+    row_start + b)`` of ``mask_tokens`` on the whole batch with the same arguments, so each
+    process masks its own rows of a global batch exactly as a single process would mask them
+    (the draws are made for the whole (B, L) shape, the decisions for the block's rows only).
+    """
+    _check_rates(rate, mask_fraction, random_fraction, max_predictions)
+    input_ids = np.asarray(input_ids)
+    b, length = input_ids.shape
+    if row_start < 0 or row_start + b > global_batch_size:
+        raise ValueError(f"rows [{row_start}, {row_start + b}) outside a global batch of "
+                         f"{global_batch_size}")
+    draws = draw_masks((global_batch_size, length), mask_token_id=mask_token_id,
+                       vocab_size=vocab_size, seed=seed, step=step, process_index=process_index,
+                       special_ids=special_ids)
+    return apply_masks(input_ids, special_mask, draws.rows(row_start, row_start + b),
+                       mask_token_id=mask_token_id, rate=rate, mask_fraction=mask_fraction,
+                       random_fraction=random_fraction, max_predictions=max_predictions)
