@@ -8,7 +8,7 @@ checkpoint read only the plan.
 
 In the step, :func:`loss` runs each planned pass once (:class:`Context`), evaluates every term
 on them (``terms.TERMS``) and returns ``sum_t weight_t * loss_t`` with the metrics ``loss/<t>``
-(unweighted) and the keys to enqueue.
+(unweighted) and ``rows/<t>`` (the batch rows the term read), and the keys to enqueue.
 """
 
 from __future__ import annotations
@@ -344,7 +344,9 @@ def loss(model: Model, the_plan: Plan, config: ml_collections.ConfigDict, params
          rng: jax.Array, step: jax.Array | int = 0
          ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
     """``sum_t weight_t(step) * loss_t`` and (metrics, {queue name: (keys, values, valid)});
-    a scheduled term's weight is in the metrics as ``weight/<t>``.
+    a scheduled term's weight is in the metrics as ``weight/<t>``, the number of batch rows it
+    read (``TermOut.rows``; under ``jit`` over a sharded batch, the global count) as
+    ``rows/<t>`` (int32).
 
     Differentiable in ``params`` only: the EMA and frozen copies pass through ``stop_gradient``.
     """
@@ -358,6 +360,7 @@ def loss(model: Model, the_plan: Plan, config: ml_collections.ConfigDict, params
         if name in scheduled:
             metrics[f"weight/{name}"] = weight
         metrics[f"loss/{name}"] = out.value
+        metrics[f"rows/{name}"] = out.rows.sum(dtype=jnp.int32)
         metrics.update(out.metrics)
         if name in queues:
             enqueue[name] = out.enqueue

@@ -6,9 +6,11 @@ A term is two functions of its knobs (``config.objective.<name>``):
   kind), the batch arrays, the queue it keeps, and what the data must provide. It raises
   ``ValueError`` naming the ``config.`` field for knobs it cannot use. ``objective.plan`` unions
   these over the active terms; nothing else decides what a run builds.
-* ``loss(ctx, knobs) -> TermOut``: the unweighted value, extra metrics, and the ``(keys, values,
-  valid)`` to write into its queue after the update (None without a queue). ``ctx`` is
-  ``objective.Context``: the step's passes, each run once however many terms read it.
+* ``loss(ctx, knobs) -> TermOut``: the unweighted value, extra metrics, the ``(keys, values,
+  valid)`` to write into its queue after the update (None without a queue), and the batch rows
+  the value read (``rows``, logged as ``rows/<term>``; a queue's ``valid`` keys come from those
+  rows only). ``ctx`` is ``objective.Context``: the step's passes, each run once however many
+  terms read it.
 
 A new term is a loss in ``losses.py`` plus one ``TERMS`` entry here.
 """
@@ -58,9 +60,15 @@ class Needs:
 
 
 class TermOut(NamedTuple):
-    value: jax.Array
-    metrics: dict[str, jax.Array]
-    enqueue: tuple[jax.Array, jax.Array, jax.Array] | None
+    """What a term computed in one step."""
+
+    value: jax.Array  # the unweighted loss
+    metrics: dict[str, jax.Array]  # extra metrics, by their full name
+    enqueue: tuple[jax.Array, jax.Array, jax.Array] | None  # (keys, values, valid) or None
+    # (B,) bool: the batch rows the loss read. Every valid row for the unsupervised terms; the
+    # valid rows with the supervision the term reads (every rating dimension it reads, a word it
+    # used, a class) for the others. objective.loss logs their count as rows/<term>.
+    rows: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +137,8 @@ def _mlm_loss(ctx, knobs) -> TermOut:
     metrics = {}
     if ctx.mlm_left_out is not None:
         metrics["mlm_left_out"] = ctx.mlm_left_out.sum()  # 0 unless the data were not capped
-    return TermOut(losses.masked_lm_loss(ctx.mlm_logits, ctx.mlm_labels), metrics, None)
+    return TermOut(losses.masked_lm_loss(ctx.mlm_logits, ctx.mlm_labels), metrics, None,
+                   ctx.valid)
 
 
 # ------------------------------------------------------------------- SoftMCL soft labels
@@ -168,7 +177,12 @@ def _soft_sentence_loss(ctx, knobs) -> TermOut:
         q, k, labels, temperature=knobs.temperature, label_temperature=knobs.label_temperature,
         label_weights=tuple(knobs.label_weights), valid=valid,
         **_queue_args(ctx, "soft_sentence", "queue_valence"))
-    return TermOut(value, {}, (k, labels, valid))
+    return TermOut(value, {}, (k, labels, valid), valid)
+
+
+def _rows_with_words(w_valid: jax.Array, rows: int) -> jax.Array:
+    """(B,) bool: the rows with at least one of the (B * W,) gathered words valid."""
+    return w_valid.reshape(rows, -1).any(axis=-1)
 
 
 def _word_vectors(ctx, token_mask: jax.Array, of: str, to: str, per: int
@@ -202,7 +216,8 @@ def _soft_word_loss(ctx, knobs) -> TermOut:
         label_weights=tuple(knobs.label_weights), valid=w_valid,
         **_queue_args(ctx, "soft_word", "queue_valence"))
     words = w_valid.sum() / jnp.maximum(ctx.valid.sum(), 1)
-    return TermOut(value, {"words_per_sentence": words}, (k, w_labels, w_valid))
+    return TermOut(value, {"words_per_sentence": words}, (k, w_labels, w_valid),
+                   _rows_with_words(w_valid, ctx.valid.shape[0]))
 
 
 # ------------------------------------------------------------------ InfoNCE and SoftCSE
@@ -237,7 +252,7 @@ def _infonce_loss(ctx, knobs) -> TermOut:
     q, k = _pair(ctx, knobs)
     value = losses.info_nce(q, k, temperature=knobs.temperature, valid=ctx.valid,
                             **_queue_args(ctx, "infonce"))
-    return TermOut(value, {}, _enqueue_keys(ctx, k))
+    return TermOut(value, {}, _enqueue_keys(ctx, k), ctx.valid)
 
 
 def _softcse_loss(ctx, knobs) -> TermOut:
@@ -245,7 +260,7 @@ def _softcse_loss(ctx, knobs) -> TermOut:
     value = losses.soft_cse(q, k, temperature=knobs.temperature, mode=knobs.mode,
                             strength=knobs.strength, valid=ctx.valid,
                             **_queue_args(ctx, "softcse"))
-    return TermOut(value, {}, _enqueue_keys(ctx, k))
+    return TermOut(value, {}, _enqueue_keys(ctx, k), ctx.valid)
 
 
 # ------------------------------------------------------------- labelled: SupCon, LCL, CE
@@ -267,7 +282,7 @@ def _supcon_loss(ctx, knobs) -> TermOut:
     labels, valid = _labelled(ctx)
     value = losses.supervised_contrastive(ctx.projected(knobs.of, knobs.head), labels,
                                           temperature=knobs.temperature, valid=valid)
-    return TermOut(value, {}, None)
+    return TermOut(value, {}, None, valid)
 
 
 def _vsp_needs(name, knobs, config) -> Needs:
@@ -283,7 +298,7 @@ def _vsp_needs(name, knobs, config) -> Needs:
 def _vsp_loss(ctx, knobs) -> TermOut:
     value = losses.vector_space_preservation(ctx.pooled(knobs.of), sg(ctx.pooled(knobs.to)),
                                              valid=ctx.valid, mode=knobs.mode)
-    return TermOut(value, {}, None)
+    return TermOut(value, {}, None, ctx.valid)
 
 
 def _vsp_word_needs(name, knobs, config) -> Needs:
@@ -302,7 +317,7 @@ def _vsp_word_loss(ctx, knobs) -> TermOut:
                                          knobs.max_words_per_sentence)
     value = losses.vector_space_preservation(vec.astype(jnp.float32), ref.astype(jnp.float32),
                                              valid=w_valid, mode=knobs.mode)
-    return TermOut(value, {}, None)
+    return TermOut(value, {}, None, _rows_with_words(w_valid, ctx.valid.shape[0]))
 
 
 def _classes(name: str, config) -> None:
@@ -330,7 +345,7 @@ def _lcl_loss(ctx, knobs) -> TermOut:
         class_weights = sg(class_weights)
     value = losses.label_aware_contrastive(emb, labels, class_weights,
                                            temperature=knobs.temperature, valid=valid)
-    return TermOut(value, {}, None)
+    return TermOut(value, {}, None, valid)
 
 
 def _ce_needs(kind: str):
@@ -349,7 +364,7 @@ def _ce_loss(ctx, knobs) -> TermOut:
     value = losses.classifier_cross_entropy(logits, labels, valid=valid)
     hits = (logits.argmax(-1) == labels) & valid
     return TermOut(value, {f"accuracy/{knobs.head}": hits.sum() / jnp.maximum(valid.sum(), 1)},
-                   None)
+                   None, valid)
 
 
 # Registry order is summation order: loss = ((w1 * l1) + w2 * l2) + ...

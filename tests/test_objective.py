@@ -439,6 +439,95 @@ def _train(setup, state, pipeline, the_plan, steps: int):
     return state
 
 
+# ------------------------------------------------------------- the rows each term reads
+
+# A hand-made batch of 8 rows (row 7 is padding: valid False, yet it has every supervision).
+ROWS_VALID = np.array([1, 1, 1, 1, 1, 1, 1, 0], bool)
+ROWS_VALENCE = np.array([0.2, 0.8, 0.5, -1, -1, 0.1, -1, 0.9], np.float32)
+ROWS_AROUSAL = np.array([0.3, -1, 0.6, -1, 0.4, 0.7, -1, 0.2], np.float32)
+ROWS_LABELS = np.array([0, -1, 2, 1, -1, -1, 1, 0], np.int32)
+# (row, position, word arousal): every listed token is a lexicon word with a valence.
+ROWS_WORDS = [(0, 2, -1.0), (1, 3, 0.5), (1, 5, -1.0), (3, 1, -1.0), (3, 2, -1.0),
+              (6, 1, -1.0), (6, 2, -1.0), (6, 3, 0.4), (7, 1, 0.5)]
+# By hand: valid rows 0-6 (7); both sentence ratings 0, 2, 5 (3); a word with an arousal
+# 1, 6 (2; soft_word reads valence and arousal); any word 0, 1, 3, 6 (4; vsp_word); a class
+# 0, 2, 3, 6 (4).
+ROWS_WANT = {"mlm": 7, "infonce": 7, "softcse": 7, "vsp": 7, "soft_sentence": 3,
+             "soft_word": 2, "vsp_word": 4, "supcon": 4, "lcl": 4, "ce": 4, "weighting_ce": 4}
+
+
+def rows_batch(the_plan: objective.Plan, length: int = 12) -> dict[str, np.ndarray]:
+    """The hand-made batch, the arrays the plan reads (unpacked layout)."""
+    rng = np.random.default_rng(0)
+    b = len(ROWS_VALID)
+    lengths = np.array([12, 10, 8, 6, 12, 9, 7, 5])
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    ids = np.where(mask > 0, rng.integers(1000, 2000, (b, length)), 0).astype(np.int32)
+    ids[:, 0] = 101
+    ids[np.arange(b), lengths - 1] = 102
+    mlm_labels = np.full((b, length), -100, np.int32)
+    mlm_labels[:, 1] = ids[:, 1]
+    words = np.zeros((b, length), bool)
+    token_valence = np.zeros((b, length), np.float32)
+    token_arousal = np.full((b, length), -1.0, np.float32)
+    for row, pos, arousal in ROWS_WORDS:
+        words[row, pos], token_valence[row, pos] = True, rng.uniform()
+        token_arousal[row, pos] = arousal
+    arrays = {"input_ids": ids, "attention_mask": mask, "valid": ROWS_VALID,
+              "mlm_input_ids": np.where(mlm_labels >= 0, 103, ids).astype(np.int32),
+              "mlm_labels": mlm_labels, "sentence_valence": ROWS_VALENCE,
+              "sentence_arousal": ROWS_AROUSAL, "token_valence": token_valence,
+              "token_arousal": token_arousal, "token_valence_mask": words, "labels": ROWS_LABELS}
+    assert set(the_plan.batch_keys) <= set(arrays), the_plan.batch_keys
+    return {k: arrays[k] for k in the_plan.batch_keys}
+
+
+def test_each_term_reports_the_rows_it_read_and_queues_only_those(model_dir):
+    """Every term on at once over a batch where some rows have ratings, words or a class and
+    some do not: rows/<term> are the hand counts; the soft_sentence queue holds the keys of the
+    rows with every rating it reads as its only valid slots; and what the queue holds in its
+    other slots (NaN here) changes no loss of the next step: an invalid key is no candidate."""
+    from softmcl_jax.models import from_pretrained
+
+    config = preset("softmcl", **dict(TINY, **{
+        "data.packing": False, "model.max_len": 12, "data.mlm_rate": 0.15,
+        "data.num_labels": 3, "objective.soft_word.queue_size": 0}))
+    for term in ("infonce", "softcse", "supcon", "vsp", "vsp_word", "lcl", "ce", "weighting_ce"):
+        config.objective[term].weight = 1.0
+    for term in ("soft_sentence", "soft_word"):
+        config.objective[term].update(labels=("valence", "arousal"), label_weights=(0.5, 0.5))
+    config.objective.vsp_word.max_words_per_sentence = 2
+    config.objective.soft_word.max_words_per_sentence = 2
+    the_plan = config_check.validate(config)
+    assert set(the_plan.terms) == set(TERMS) == set(ROWS_WANT)
+    model = objective.build_model(from_pretrained(model_dir), the_plan, config)
+    setup = train.setup_step(model, config, sharding.make_mesh(1, 1, jax.devices()[:1]),
+                             the_plan)
+    batch = rows_batch(the_plan)
+    state, metrics = setup.step_fn(setup.init(), batch)
+    got = {t: jax.device_get(metrics[f"rows/{t}"]) for t in the_plan.terms}
+    assert all(v.dtype == np.int32 for v in got.values())
+    assert {t: int(v) for t, v in got.items()} == ROWS_WANT
+    assert bool(metrics["finite"])
+
+    queue = jax.device_get(state.queues["soft_sentence"])
+    both = ROWS_VALID & (ROWS_VALENCE >= 0) & (ROWS_AROUSAL >= 0)
+    np.testing.assert_array_equal(queue.valid, np.concatenate([both, np.zeros(8, bool)]))
+    assert int(queue.ptr) == 8
+
+    clean = jax.device_get(state)  # the step donates its state: two host copies
+    garbage = jax.tree.map(np.array, clean)
+    q = garbage.queues["soft_sentence"]
+    q.keys[~q.valid], q.values[~q.valid] = np.nan, np.nan
+    assert np.isnan(q.keys).any() and q.valid.sum() == 3
+    _, a = setup.step_fn(clean, batch)
+    _, b = setup.step_fn(garbage, batch)
+    a, b = jax.device_get(a), jax.device_get(b)
+    assert bool(b["finite"])
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 # ------------------------------------------------------------------------ born sharded
 
 SHARDED_INIT = textwrap.dedent("""
