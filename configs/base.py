@@ -44,8 +44,22 @@ def get_base() -> ml_collections.ConfigDict:
     c.model.max_len = 64
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "vader"  # vader | emobank | goemotions | sst | csv | tsv | jsonl | hf
+    # vader | emobank | goemotions | sst | csv | tsv | jsonl | hf | prepared (a folder written by
+    # `python -m softmcl_jax.data.prepare`, at data.path)
+    c.data.source = "vader"
     c.data.path = ""
+    # Prepared folders mixed with weights, (("DIR", weight), ...): training rows are drawn from
+    # the folders in proportion to their weights (> 0, any scale). () = one source, data.source; a
+    # mixture replaces data.source="prepared" (giving both is refused). On the command line:
+    # --config.data.mixture="(('DIR_A', 0.5), ('DIR_B', 0.5))" (a Python literal; one folder is
+    # "(('DIR', 1.0),)", with the trailing comma).
+    c.data.mixture = ()
+    # Where data.source (other than "prepared") is prepared on first use, then read from:
+    # "" = $SOFTMCL_CACHE_DIR, else ~/.cache/softmcl_jax/prepared.
+    c.data.cache_dir = ""
+    # Grain worker processes that read rows and build batches (0 = threads of the training
+    # process).
+    c.data.workers = 0
     c.data.vader_sets = ("tweets", "movie_reviews", "product_reviews", "nyt")
     c.data.split = ""
     c.data.text_column = "text"
