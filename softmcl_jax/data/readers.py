@@ -15,6 +15,11 @@ Shared behaviour, so that no reader drops anything silently:
   the line is known), and, in lexicons, a word listed twice with different values (twice with
   the same value is fine and kept once).
 * Files may start with a UTF-8 BOM and use CRLF or LF line ends; ``.gz`` files are decompressed.
+* Files are read one line at a time, never whole, so memory does not grow with the file. The
+  sentence readers a large corpus comes in have a generator form, ``iter_*`` (``iter_csv``,
+  ``iter_jsonl``, ``iter_text``, ``iter_hf``, ...), that holds one record at a time; ``read_*``
+  is ``list(iter_*(...))``. An ``iter_*`` checks its arguments when called, and raises a file's
+  or a row's ``DataError`` when iteration reaches it. Lexicons are dicts, built whole.
 * Valences (arousal, dominance) are mapped to [0, 1] from the ``scale=(low, high)`` the caller
   states (``records.scale_to_unit``); each reader's default is its source's documented scale.
 * Texts are returned as in the file, except where a format's docstring says it strips them.
@@ -29,8 +34,8 @@ import logging
 import math
 import numbers
 import os
+import zlib
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 from softmcl_jax.data.records import (
@@ -74,27 +79,38 @@ def _scale(scale: Any, what: str = "scale") -> tuple[float, float]:
     return low, high
 
 
-def _read_bytes(path: str) -> bytes:
-    data = Path(path).read_bytes()
-    if path.endswith(".gz"):
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
-            raise DataError(path, None, f"not a readable gzip file: {e}") from None
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
-    if not data:
+def _raw_lines(path: str) -> Iterator[tuple[int, bytes]]:
+    """Physical lines of the file, numbered from 1, without their LF or CRLF end.
+
+    Read one line at a time from the open file (a ``.gz`` file is decompressed as it is read),
+    so memory holds one line whatever the file's size. The BOM is dropped from line 1; a file
+    with no bytes after it is empty, which always raises.
+    """
+    packed = path.endswith(".gz")
+    # Opening (missing file, no permission) raises as it is; only reading a .gz is checked.
+    with (gzip.open(path, "rb") if packed else open(path, "rb")) as f:
+        lines = iter(f)
+        number = 0
+        while True:
+            try:
+                raw = next(lines, None)
+            except (OSError, EOFError, zlib.error) as e:
+                if not packed:
+                    raise
+                # A corrupt or truncated .gz shows only when reading reaches the bad bytes.
+                raise DataError(path, None, f"not a readable gzip file: {e}") from None
+            if raw is None:
+                break
+            number += 1
+            if number == 1:
+                raw = raw.removeprefix(_BOM)
+                if not raw:
+                    raise DataError(path, 1, "the file is empty")
+            # Iterating splits after each LF only, so a lone CR inside a line stays in it.
+            raw = raw[:-1] if raw.endswith(b"\n") else raw
+            yield number, raw[:-1] if raw.endswith(b"\r") else raw
+    if number == 0:
         raise DataError(path, 1, "the file is empty")
-    return data
-
-
-def _raw_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """Physical lines, numbered from 1, without their LF or CRLF end."""
-    chunks = data.split(b"\n")
-    if chunks[-1] == b"":  # the file's final line end, not an empty last line
-        chunks.pop()
-    for number, raw in enumerate(chunks, 1):
-        yield number, raw[:-1] if raw.endswith(b"\r") else raw
 
 
 def _utf8_error(path: str, line: int, raw: bytes, e: UnicodeDecodeError) -> DataError:
@@ -105,11 +121,23 @@ def _utf8_error(path: str, line: int, raw: bytes, e: UnicodeDecodeError) -> Data
 
 def _lines(path: str, bad: BadRows) -> Iterator[tuple[int, str]]:
     """Decoded lines; one that is not UTF-8 is a bad row, the others still get read."""
-    for number, raw in _raw_lines(_read_bytes(path)):
+    for number, raw in _raw_lines(path):
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as e:
             bad.handle(_utf8_error(path, number, raw, e))
+
+
+def _groups(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive groups of ``size`` items; the last one is shorter when the items run out."""
+    group: list[Any] = []
+    for item in items:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _csv_table(
@@ -124,7 +152,7 @@ def _csv_table(
     broken: dict[int, DataError] = {}
 
     def text_lines() -> Iterator[str]:
-        for number, raw in _raw_lines(_read_bytes(path)):
+        for number, raw in _raw_lines(path):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -161,10 +189,13 @@ def _csv_table(
                 return
             except csv.Error as e:
                 end = reader.line_num
+                for n in range(start, end + 1):
+                    broken.pop(n, None)
                 bad.handle(DataError(path, start, f"malformed CSV record: {e}"))
                 continue
             end = reader.line_num
-            errors = [broken[n] for n in range(start, end + 1) if n in broken]
+            # Popped, not looked up: ``broken`` holds only the lines of the record being read.
+            errors = [broken.pop(n) for n in range(start, end + 1) if n in broken]
             if errors:
                 bad.handle(errors[0])
             elif not fields:
@@ -395,7 +426,44 @@ def read_label_names(path: PathLike) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sentences with valence or labels
+# Sentences with valence or labels (and plain text)
+#
+# Each ``iter_*`` checks its arguments when called and returns an inner generator, so that a
+# caller's mistake raises at once while the file is opened only when the first row is asked for.
+
+
+def iter_vader_sentences(
+    path: PathLike,
+    *,
+    scale: tuple[float, float] = (-4.0, 4.0),
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> Iterator[Sentence]:
+    """:func:`read_vader_sentences`' sentences one at a time, the file read as they are."""
+    path, bad = str(path), _policy(on_bad_row)
+    low_high = _scale(scale)
+
+    def sentences() -> Iterator[Sentence]:
+        count = 0
+        for line, text in _lines(path, bad):
+            try:
+                fields = text.split("\t")
+                if not text.strip():
+                    raise DataError(path, line, "empty line")
+                if len(fields) != 3:
+                    raise DataError(path, line,
+                                    f"expected 3 tab-separated fields, got {len(fields)}")
+                valence = _valence(fields[1], low_high, path, line)
+                sentence = Sentence(_text(fields[2], path, line), valence=valence, split=split,
+                                    where=f"{path}:{line}")
+            except DataError as e:
+                bad.handle(e)
+                continue
+            count += 1
+            yield sentence
+        _finish(path, count, "sentences", bad)
+
+    return sentences()
 
 
 def read_vader_sentences(
@@ -411,23 +479,51 @@ def read_vader_sentences(
     raters' integer ratings on -4 .. +4 (the lexicon's scale). The text is kept as written
     (a few have surrounding spaces) and may not contain a tab.
     """
+    return list(iter_vader_sentences(path, scale=scale, split=split, on_bad_row=on_bad_row))
+
+
+def iter_emobank(
+    path: PathLike,
+    *,
+    scale: tuple[float, float] = (1.0, 5.0),
+    column: str = "V",
+    splits: Iterable[str] | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> Iterator[Sentence]:
+    """:func:`read_emobank`'s sentences one at a time, the file read as they are."""
     path, bad = str(path), _policy(on_bad_row)
     low_high = _scale(scale)
-    out: list[Sentence] = []
-    for line, text in _lines(path, bad):
-        try:
-            fields = text.split("\t")
-            if not text.strip():
-                raise DataError(path, line, "empty line")
-            if len(fields) != 3:
-                raise DataError(path, line, f"expected 3 tab-separated fields, got {len(fields)}")
-            valence = _valence(fields[1], low_high, path, line)
-            out.append(Sentence(_text(fields[2], path, line), valence=valence, split=split,
-                                where=f"{path}:{line}"))
-        except DataError as e:
-            bad.handle(e)
-    _finish(path, len(out), "sentences", bad)
-    return out
+    wanted = None if splits is None else set(splits)
+    if wanted is not None and not wanted <= set(EMOBANK_SPLITS):
+        raise ValueError(f"splits must be among {EMOBANK_SPLITS}, got {sorted(wanted)}")
+    # The valence column first, so that a file without it is reported as such.
+    required = tuple(dict.fromkeys(("split", column, "A", "D", "text")))
+
+    def sentences() -> Iterator[Sentence]:
+        columns, rows = _csv_table(path, bad, required)
+        count = 0
+        for line, fields in rows:
+            try:
+                split = fields[columns["split"]]
+                if split not in EMOBANK_SPLITS:
+                    raise DataError(path, line,
+                                    f"unknown split {split!r} (expected {EMOBANK_SPLITS})")
+                valence, arousal, dominance = (
+                    _valence(fields[columns[name]], low_high, path, line,
+                             _EMOBANK_RATINGS.get(name, "valence"))
+                    for name in (column, "A", "D"))
+                text = _text(fields[columns["text"]], path, line)
+            except DataError as e:
+                bad.handle(e)
+                continue
+            # Rows of the splits not asked for are still checked: a bad one is still reported.
+            if wanted is None or split in wanted:
+                count += 1
+                yield Sentence(text, valence=valence, arousal=arousal, dominance=dominance,
+                               split=split, where=f"{path}:{line}")
+        _finish(path, count, "sentences", bad)
+
+    return sentences()
 
 
 def read_emobank(
@@ -449,32 +545,42 @@ def read_emobank(
     makes the row bad. ``splits`` keeps only those splits (others are not errors, just not asked
     for).
     """
+    return list(iter_emobank(path, scale=scale, column=column, splits=splits,
+                             on_bad_row=on_bad_row))
+
+
+def iter_goemotions(
+    path: PathLike,
+    *,
+    num_labels: int = GOEMOTIONS_NUM_LABELS,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> Iterator[Sentence]:
+    """:func:`read_goemotions`' sentences one at a time, the file read as they are."""
     path, bad = str(path), _policy(on_bad_row)
-    low_high = _scale(scale)
-    wanted = None if splits is None else set(splits)
-    if wanted is not None and not wanted <= set(EMOBANK_SPLITS):
-        raise ValueError(f"splits must be among {EMOBANK_SPLITS}, got {sorted(wanted)}")
-    # The valence column first, so that a file without it is reported as such.
-    required = tuple(dict.fromkeys(("split", column, "A", "D", "text")))
-    columns, rows = _csv_table(path, bad, required)
-    out: list[Sentence] = []
-    for line, fields in rows:
-        try:
-            split = fields[columns["split"]]
-            if split not in EMOBANK_SPLITS:
-                raise DataError(path, line, f"unknown split {split!r} (expected {EMOBANK_SPLITS})")
-            valence, arousal, dominance = (
-                _valence(fields[columns[name]], low_high, path, line,
-                         _EMOBANK_RATINGS.get(name, "valence"))
-                for name in (column, "A", "D"))
-            text = _text(fields[columns["text"]], path, line)
-            if wanted is None or split in wanted:
-                out.append(Sentence(text, valence=valence, arousal=arousal, dominance=dominance,
-                                    split=split, where=f"{path}:{line}"))
-        except DataError as e:
-            bad.handle(e)
-    _finish(path, len(out), "sentences", bad)
-    return out
+
+    def sentences() -> Iterator[Sentence]:
+        count = 0
+        for line, text in _lines(path, bad):
+            try:
+                fields = text.split("\t")
+                if not text.strip():
+                    raise DataError(path, line, "empty line")
+                if len(fields) != 3:
+                    raise DataError(path, line,
+                                    f"expected 3 tab-separated fields, got {len(fields)}")
+                body = _text(fields[0], path, line)
+                if not fields[1].strip():
+                    raise DataError(path, line, "no label ids")
+                label, labels = _label_ids(fields[1].split(","), num_labels, path, line)
+            except DataError as e:
+                bad.handle(e)
+                continue
+            count += 1
+            yield Sentence(body, label=label, labels=labels, split=split, where=f"{path}:{line}")
+        _finish(path, count, "sentences", bad)
+
+    return sentences()
 
 
 def read_goemotions(
@@ -493,25 +599,37 @@ def read_goemotions(
     file's order; ``label`` is set when there is exactly one id. Texts are kept as written.
     ``split`` is stored in each record (the file does not say).
     """
+    return list(iter_goemotions(path, num_labels=num_labels, split=split,
+                                on_bad_row=on_bad_row))
+
+
+def iter_sst(
+    path: PathLike,
+    *,
+    num_labels: int,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> Iterator[Sentence]:
+    """:func:`read_sst`'s sentences one at a time, the file read as they are."""
     path, bad = str(path), _policy(on_bad_row)
-    out: list[Sentence] = []
-    for line, text in _lines(path, bad):
-        try:
-            fields = text.split("\t")
-            if not text.strip():
-                raise DataError(path, line, "empty line")
-            if len(fields) != 3:
-                raise DataError(path, line, f"expected 3 tab-separated fields, got {len(fields)}")
-            sentence = _text(fields[0], path, line)
-            if not fields[1].strip():
-                raise DataError(path, line, "no label ids")
-            label, labels = _label_ids(fields[1].split(","), num_labels, path, line)
-            out.append(Sentence(sentence, label=label, labels=labels, split=split,
-                                where=f"{path}:{line}"))
-        except DataError as e:
-            bad.handle(e)
-    _finish(path, len(out), "sentences", bad)
-    return out
+
+    def sentences() -> Iterator[Sentence]:
+        count = 0
+        for line, text in _lines(path, bad):
+            try:
+                parts = text.split(None, 1)
+                if not parts:
+                    raise DataError(path, line, "empty line")
+                label = _label_id(parts[0], num_labels, path, line)
+                body = _text(parts[1] if len(parts) == 2 else "", path, line).strip()
+            except DataError as e:
+                bad.handle(e)
+                continue
+            count += 1
+            yield Sentence(body, label=label, split=split, where=f"{path}:{line}")
+        _finish(path, count, "sentences", bad)
+
+    return sentences()
 
 
 def read_sst(
@@ -527,20 +645,48 @@ def read_sst(
     the label (SST-2: 0 negative, 1 positive, ``num_labels=2``; SST-5: 0 very negative .. 4 very
     positive, ``num_labels=5``), the rest, stripped, is the (lower-cased, tokenised) sentence.
     """
+    return list(iter_sst(path, num_labels=num_labels, split=split, on_bad_row=on_bad_row))
+
+
+def iter_glue_sst2(
+    path: PathLike,
+    *,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> Iterator[Sentence]:
+    """:func:`read_glue_sst2`'s sentences one at a time, the file read as they are."""
     path, bad = str(path), _policy(on_bad_row)
-    out: list[Sentence] = []
-    for line, text in _lines(path, bad):
-        try:
-            parts = text.split(None, 1)
-            if not parts:
-                raise DataError(path, line, "empty line")
-            label = _label_id(parts[0], num_labels, path, line)
-            sentence = _text(parts[1] if len(parts) == 2 else "", path, line).strip()
-            out.append(Sentence(sentence, label=label, split=split, where=f"{path}:{line}"))
-        except DataError as e:
-            bad.handle(e)
-    _finish(path, len(out), "sentences", bad)
-    return out
+
+    def sentences() -> Iterator[Sentence]:
+        lines = _lines(path, bad)
+        # A header that is not UTF-8 was skipped (with "skip"): the next line is not a header.
+        line, text = next(lines, (None, ""))
+        if line != 1:
+            raise DataError(path, 1, "the header line is not valid UTF-8")
+        header = text.split("\t")
+        for name in ("sentence", "label"):
+            if name not in header:
+                raise DataError(path, 1, f"no column {name!r} in the header {header!r}")
+        text_at, label_at = header.index("sentence"), header.index("label")
+        count = 0
+        for line, text in lines:
+            try:
+                fields = text.split("\t")
+                if not text.strip():
+                    raise DataError(path, line, "empty line")
+                if len(fields) != len(header):
+                    raise DataError(path, line, f"expected {len(header)} tab-separated fields, "
+                                                f"got {len(fields)}")
+                label = _label_id(fields[label_at], 2, path, line)
+                body = _text(fields[text_at], path, line).strip()
+            except DataError as e:
+                bad.handle(e)
+                continue
+            count += 1
+            yield Sentence(body, label=label, split=split, where=f"{path}:{line}")
+        _finish(path, count, "sentences", bad)
+
+    return sentences()
 
 
 def read_glue_sst2(
@@ -555,32 +701,45 @@ def read_glue_sst2(
     GLUE's unlabelled ``test.tsv`` has none and is refused); label 0 negative, 1 positive. Fields
     are not quoted (a ``"`` is just a character). Sentences are stripped (GLUE's end in a space).
     """
+    return list(iter_glue_sst2(path, split=split, on_bad_row=on_bad_row))
+
+
+def iter_text(
+    path: PathLike,
+    *,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> Iterator[Sentence]:
+    """Plain text, one sentence per line -> sentences without ratings or labels, one at a time.
+
+    Format: UTF-8 (``.gz`` decompressed), no header, each line one sentence, kept as written
+    (without its line end): the simplest large unrated corpus. A blank or whitespace-only line
+    is a bad row (``empty line``), so a corpus with blank separator lines needs
+    ``on_bad_row="skip"``, which counts them. ``split`` is stored in each record.
+    """
     path, bad = str(path), _policy(on_bad_row)
-    lines = _lines(path, bad)
-    line, text = next(lines)
-    if line != 1:
-        raise DataError(path, 1, "the header line is not valid UTF-8")
-    header = text.split("\t")
-    for name in ("sentence", "label"):
-        if name not in header:
-            raise DataError(path, 1, f"no column {name!r} in the header {header!r}")
-    text_at, label_at = header.index("sentence"), header.index("label")
-    out: list[Sentence] = []
-    for line, text in lines:
-        try:
-            fields = text.split("\t")
+
+    def sentences() -> Iterator[Sentence]:
+        count = 0
+        for line, text in _lines(path, bad):
             if not text.strip():
-                raise DataError(path, line, "empty line")
-            if len(fields) != len(header):
-                raise DataError(path, line, f"expected {len(header)} tab-separated fields, "
-                                            f"got {len(fields)}")
-            label = _label_id(fields[label_at], 2, path, line)
-            sentence = _text(fields[text_at], path, line).strip()
-            out.append(Sentence(sentence, label=label, split=split, where=f"{path}:{line}"))
-        except DataError as e:
-            bad.handle(e)
-    _finish(path, len(out), "sentences", bad)
-    return out
+                bad.handle(DataError(path, line, "empty line"))
+                continue
+            count += 1
+            yield Sentence(text, split=split, where=f"{path}:{line}")
+        _finish(path, count, "sentences", bad)
+
+    return sentences()
+
+
+def read_text(
+    path: PathLike,
+    *,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> list[Sentence]:
+    """:func:`iter_text`'s sentences as a list."""
+    return list(iter_text(path, split=split, on_bad_row=on_bad_row))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -598,14 +757,8 @@ def read_semeval14(path: PathLike, *, on_bad_row: OnBadRow = "raise") -> list[As
     a bad row.
     """
     path, bad = str(path), _policy(on_bad_row)
-    data = _read_bytes(path)
     out: list[AspectExample] = []
-    group: list[tuple[int, bytes]] = []
-    numbered = list(_raw_lines(data))
-    for index, item in enumerate(numbered):
-        group.append(item)
-        if len(group) < 3 and index < len(numbered) - 1:
-            continue
+    for group in _groups(_raw_lines(path), 3):
         start = group[0][0]
         try:
             if len(group) < 3:
@@ -629,7 +782,6 @@ def read_semeval14(path: PathLike, *, on_bad_row: OnBadRow = "raise") -> list[As
                                      where=f"{path}:{start}"))
         except DataError as e:
             bad.handle(e)
-        group = []
     _finish(path, len(out), "aspect examples", bad)
     return out
 
@@ -704,6 +856,43 @@ def _generic_args(valence: str | None, scale: Any) -> tuple[float, float] | None
     return _scale(scale)
 
 
+def iter_csv(
+    path: PathLike,
+    *,
+    text_column: str,
+    label_column: str | None = None,
+    valence_column: str | None = None,
+    scale: tuple[float, float] | None = None,
+    num_labels: int | None = None,
+    split_column: str | None = None,
+    split: str | None = None,
+    delimiter: str = ",",
+    on_bad_row: OnBadRow = "raise",
+) -> Iterator[Sentence]:
+    """:func:`read_csv`'s sentences one at a time, the file read as they are."""
+    path, bad = str(path), _policy(on_bad_row)
+    low_high = _generic_args(valence_column, scale)
+    wanted = [c for c in (text_column, label_column, valence_column, split_column) if c]
+
+    def sentences() -> Iterator[Sentence]:
+        columns, rows = _csv_table(path, bad, wanted, delimiter=delimiter)
+        count = 0
+        for line, fields in rows:
+            try:
+                sentence = _generic_sentence(
+                    fields, lambda r, c: r[columns[c]], text=text_column, label=label_column,
+                    valence=valence_column, split=split, split_column=split_column,
+                    scale=low_high, num_labels=num_labels, path=path, line=line)
+            except DataError as e:
+                bad.handle(e)
+                continue
+            count += 1
+            yield sentence
+        _finish(path, count, "sentences", bad)
+
+    return sentences()
+
+
 def read_csv(
     path: PathLike,
     *,
@@ -724,27 +913,59 @@ def read_csv(
     an integer class id (checked against ``num_labels`` when given); ``valence_column`` a number
     on ``scale`` (required with it); ``split_column`` a split name (else ``split`` is stored).
     """
-    path, bad = str(path), _policy(on_bad_row)
-    low_high = _generic_args(valence_column, scale)
-    wanted = [c for c in (text_column, label_column, valence_column, split_column) if c]
-    columns, rows = _csv_table(path, bad, wanted, delimiter=delimiter)
-    out: list[Sentence] = []
-    for line, fields in rows:
-        try:
-            out.append(_generic_sentence(
-                fields, lambda r, c: r[columns[c]], text=text_column, label=label_column,
-                valence=valence_column, split=split, split_column=split_column, scale=low_high,
-                num_labels=num_labels, path=path, line=line))
-        except DataError as e:
-            bad.handle(e)
-    _finish(path, len(out), "sentences", bad)
-    return out
+    return list(iter_csv(
+        path, text_column=text_column, label_column=label_column, valence_column=valence_column,
+        scale=scale, num_labels=num_labels, split_column=split_column, split=split,
+        delimiter=delimiter, on_bad_row=on_bad_row))
 
 
 def _get_key(row: dict, key: str, path: str, line: int) -> Any:
     if key not in row:
         raise DataError(path, line, f"no key {key!r} (keys: {sorted(row)})")
     return row[key]
+
+
+def iter_jsonl(
+    path: PathLike,
+    *,
+    text_key: str,
+    label_key: str | None = None,
+    valence_key: str | None = None,
+    scale: tuple[float, float] | None = None,
+    num_labels: int | None = None,
+    split_key: str | None = None,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+) -> Iterator[Sentence]:
+    """:func:`read_jsonl`'s sentences one at a time, the file read as they are."""
+    path, bad = str(path), _policy(on_bad_row)
+    low_high = _generic_args(valence_key, scale)
+
+    def sentences() -> Iterator[Sentence]:
+        count = 0
+        for line, text in _lines(path, bad):
+            try:
+                if not text.strip():
+                    raise DataError(path, line, "empty line")
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise DataError(path, line, f"invalid JSON: {e}") from None
+                if not isinstance(row, dict):
+                    raise DataError(path, line,
+                                    f"expected a JSON object, got {type(row).__name__}")
+                sentence = _generic_sentence(
+                    row, lambda r, k, line=line: _get_key(r, k, path, line), text=text_key,
+                    label=label_key, valence=valence_key, split=split, split_column=split_key,
+                    scale=low_high, num_labels=num_labels, path=path, line=line)
+            except DataError as e:
+                bad.handle(e)
+                continue
+            count += 1
+            yield sentence
+        _finish(path, count, "sentences", bad)
+
+    return sentences()
 
 
 def read_jsonl(
@@ -766,27 +987,9 @@ def read_jsonl(
     ``scale``; ``split_key`` a split name (else ``split`` is stored). A missing key, invalid
     JSON, a non-object or an empty line is a bad row.
     """
-    path, bad = str(path), _policy(on_bad_row)
-    low_high = _generic_args(valence_key, scale)
-    out: list[Sentence] = []
-    for line, text in _lines(path, bad):
-        try:
-            if not text.strip():
-                raise DataError(path, line, "empty line")
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise DataError(path, line, f"invalid JSON: {e}") from None
-            if not isinstance(row, dict):
-                raise DataError(path, line, f"expected a JSON object, got {type(row).__name__}")
-            out.append(_generic_sentence(
-                row, lambda r, k, line=line: _get_key(r, k, path, line), text=text_key,
-                label=label_key, valence=valence_key, split=split, split_column=split_key,
-                scale=low_high, num_labels=num_labels, path=path, line=line))
-        except DataError as e:
-            bad.handle(e)
-    _finish(path, len(out), "sentences", bad)
-    return out
+    return list(iter_jsonl(
+        path, text_key=text_key, label_key=label_key, valence_key=valence_key, scale=scale,
+        num_labels=num_labels, split_key=split_key, split=split, on_bad_row=on_bad_row))
 
 
 def _class_count(feature: Any) -> int | None:
@@ -797,7 +1000,7 @@ def _class_count(feature: Any) -> int | None:
     return None
 
 
-def read_hf(
+def iter_hf(
     source: Any,
     *,
     text_column: str,
@@ -808,14 +1011,11 @@ def read_hf(
     split: str | None = None,
     on_bad_row: OnBadRow = "raise",
     **load_kwargs: Any,
-) -> list[Sentence]:
-    """A Hugging Face ``datasets.Dataset`` -> sentences.
+) -> Iterator[Sentence]:
+    """:func:`read_hf`'s sentences one at a time.
 
-    ``source`` is a ``Dataset``, a ``DatasetDict`` (then ``split`` picks one), or a name or path
-    for ``datasets.load_dataset(source, split=split, **load_kwargs)`` (``split`` required). The
-    columns are as in ``read_jsonl``; a ``ClassLabel`` label column gives ``num_labels`` when it
-    is not passed. ``split`` is stored in each record. Errors name ``hf:SOURCE[SPLIT]`` and the
-    0-based row index (``dataset[index]``) in place of PATH and LINE.
+    The data set is loaded (memory-mapped Arrow, not read into memory) and its columns are
+    checked when this is called; rows are then read 1,024 at a time as sentences are asked for.
     """
     import datasets  # a heavy import; only this reader needs it
 
@@ -839,20 +1039,52 @@ def read_hf(
             raise DataError(path, None, f"no column {column!r} (columns: {sorted(features)})")
     if label_column is not None and num_labels is None:
         num_labels = _class_count(features[label_column])
-    out: list[Sentence] = []
-    index = 0
-    for batch in source.select_columns(wanted).iter(batch_size=1024):
-        for row in zip(*(batch[c] for c in wanted), strict=True):
-            try:
-                out.append(_generic_sentence(
-                    dict(zip(wanted, row, strict=True)), lambda r, c: r[c], text=text_column,
-                    label=label_column, valence=valence_column, split=split, split_column=None,
-                    scale=low_high, num_labels=num_labels, path=path, line=index))
-            except DataError as e:
-                bad.handle(e)
-            index += 1
-    _finish(path, len(out), "sentences", bad)
-    return out
+
+    def sentences() -> Iterator[Sentence]:
+        count = index = 0
+        for batch in source.select_columns(wanted).iter(batch_size=1024):
+            for row in zip(*(batch[c] for c in wanted), strict=True):
+                try:
+                    sentence = _generic_sentence(
+                        dict(zip(wanted, row, strict=True)), lambda r, c: r[c],
+                        text=text_column, label=label_column, valence=valence_column,
+                        split=split, split_column=None, scale=low_high, num_labels=num_labels,
+                        path=path, line=index)
+                except DataError as e:
+                    bad.handle(e)
+                else:
+                    count += 1
+                    yield sentence
+                index += 1
+        _finish(path, count, "sentences", bad)
+
+    return sentences()
+
+
+def read_hf(
+    source: Any,
+    *,
+    text_column: str,
+    label_column: str | None = None,
+    valence_column: str | None = None,
+    scale: tuple[float, float] | None = None,
+    num_labels: int | None = None,
+    split: str | None = None,
+    on_bad_row: OnBadRow = "raise",
+    **load_kwargs: Any,
+) -> list[Sentence]:
+    """A Hugging Face ``datasets.Dataset`` -> sentences.
+
+    ``source`` is a ``Dataset``, a ``DatasetDict`` (then ``split`` picks one), or a name or path
+    for ``datasets.load_dataset(source, split=split, **load_kwargs)`` (``split`` required). The
+    columns are as in ``read_jsonl``; a ``ClassLabel`` label column gives ``num_labels`` when it
+    is not passed. ``split`` is stored in each record. Errors name ``hf:SOURCE[SPLIT]`` and the
+    0-based row index (``dataset[index]``) in place of PATH and LINE.
+    """
+    return list(iter_hf(
+        source, text_column=text_column, label_column=label_column,
+        valence_column=valence_column, scale=scale, num_labels=num_labels, split=split,
+        on_bad_row=on_bad_row, **load_kwargs))
 
 
 def read_tfds(

@@ -1,9 +1,14 @@
 """From the ``data`` section of a config to training sentences and a word lexicon.
 
-``data.source`` names a reader (``vader``, ``emobank``, ``goemotions``, ``sst``, ``csv``, ``jsonl``,
-``hf``); ``data.path`` is its file (unused for the shipped ``vader``); the other fields are the
-reader's arguments, all visible in the config. ``data.lexicon`` is ``vader`` (shipped), ``none``, or
-a Warriner-format CSV path; only the last has word arousal and dominance (``load_affect_lexicons``).
+``data.source`` names a reader (``vader``, ``emobank``, ``goemotions``, ``sst``, ``text``, ``csv``,
+``tsv``, ``jsonl``, ``hf``); ``data.path`` is its file (unused for the shipped ``vader``); the other
+fields are the reader's arguments, all visible in the config. ``text`` is a plain UTF-8 file
+(``.gz`` too) with one sentence per line and no ratings: the simplest large unrated corpus; a
+blank line in it is a bad row (``data.on_bad_row``). :func:`iter_sentences` reads a source one
+sentence at a time, so a corpus of any size can be prepared in bounded memory.
+
+``data.lexicon`` is ``vader`` (shipped), ``none``, or a Warriner-format CSV path; only the last has
+word arousal and dominance (``load_affect_lexicons``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from softmcl_jax.data.vader import load_vader_lexicon, load_vader_sentences
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("vader", "emobank", "goemotions", "sst", "csv", "tsv", "jsonl", "hf")
+SOURCES = ("vader", "emobank", "goemotions", "sst", "text", "csv", "tsv", "jsonl", "hf")
 # The affect dimensions a label may have (records.Sentence fields, encode_sentences arrays).
 AFFECT_DIMS = ("valence", "arousal", "dominance")
 # The mean-rating column of each dimension in the Warriner et al. norms (all on 1..9).
@@ -37,46 +42,54 @@ def load_sentences(d: ml_collections.ConfigDict) -> list[Sentence]:
 
 def iter_sentences(d: ml_collections.ConfigDict) -> Iterator[Sentence]:
     """:func:`load_sentences` one sentence at a time: the same sentences in the same order, and
-    the same errors (a bad config raises at the first ``next``, a bad row when it is reached)."""
+    the same errors. A bad config raises ``ValueError`` here; the file is read (one line at a
+    time, except ``hf``'s memory-mapped rows, read in batches) as sentences are asked for, and
+    its ``DataError``s raise when iteration reaches them."""
     src, path, bad = d.source, d.get("path", ""), d.get("on_bad_row", "raise")
     split = d.get("split") or None
     if src == "vader":
-        yield from load_vader_sentences(tuple(d.vader_sets))
-        return
+        return iter(load_vader_sentences(tuple(d.vader_sets)))  # shipped, 23,703 sentences
     if not path:
         raise ValueError(f"config.data.path is empty but data.source={src!r} needs a file")
     if src == "emobank":
-        yield from readers.read_emobank(path, splits=[split] if split else None, on_bad_row=bad)
-    elif src == "goemotions":
-        sentences = readers.read_goemotions(path, on_bad_row=bad)
+        return readers.iter_emobank(path, splits=[split] if split else None, on_bad_row=bad)
+    if src == "goemotions":
+        sentences = readers.iter_goemotions(path, on_bad_row=bad)
         if d.get("single_label_only", False):
-            # Retrofitting and LCL need one class per sentence: multi-label comments are left out.
-            kept = [s for s in sentences if s.label is not None]
-            log.info("goemotions: kept %d single-label of %d comments", len(kept),
-                     len(sentences))
-            sentences = kept
-        yield from sentences
-    elif src == "sst":
-        yield from readers.read_sst(path, num_labels=d.num_labels, on_bad_row=bad)
-    elif src in ("csv", "tsv"):
-        yield from readers.read_csv(
+            return _single_label(sentences)
+        return sentences
+    if src == "sst":
+        return readers.iter_sst(path, num_labels=d.num_labels, on_bad_row=bad)
+    if src == "text":
+        return readers.iter_text(path, split=split, on_bad_row=bad)
+    if src in ("csv", "tsv"):
+        return readers.iter_csv(
             path, text_column=d.text_column, label_column=d.get("label_column") or None,
             valence_column=d.get("valence_column") or None, scale=_scale(d),
             num_labels=d.get("num_labels") or None, delimiter="\t" if src == "tsv" else ",",
             on_bad_row=bad)
-    elif src == "jsonl":
-        yield from readers.read_jsonl(
+    if src == "jsonl":
+        return readers.iter_jsonl(
             path, text_key=d.text_column, label_key=d.get("label_column") or None,
             valence_key=d.get("valence_column") or None, scale=_scale(d),
             num_labels=d.get("num_labels") or None, on_bad_row=bad)
-    elif src == "hf":
-        yield from readers.read_hf(
+    if src == "hf":
+        return readers.iter_hf(
             path, split=split or "train", text_column=d.text_column,
             label_column=d.get("label_column") or None,
-            valence_column=d.get("valence_column") or None, scale=_scale(d),
-            on_bad_row=bad)
-    else:
-        raise ValueError(f"config.data.source={src!r} is not one of {SOURCES}")
+            valence_column=d.get("valence_column") or None, scale=_scale(d), on_bad_row=bad)
+    raise ValueError(f"config.data.source={src!r} is not one of {SOURCES}")
+
+
+def _single_label(sentences: Iterator[Sentence]) -> Iterator[Sentence]:
+    # Retrofitting and LCL need one class per sentence: multi-label comments are left out.
+    kept = total = 0
+    for s in sentences:
+        total += 1
+        if s.label is not None:
+            kept += 1
+            yield s
+    log.info("goemotions: kept %d single-label of %d comments", kept, total)
 
 
 def load_lexicon(name: str, words: str = "") -> dict[str, float]:
