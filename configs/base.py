@@ -44,8 +44,8 @@ def get_base() -> ml_collections.ConfigDict:
     c.model.max_len = 64
 
     c.data = ml_collections.ConfigDict()
-    # vader | emobank | goemotions | sst | csv | tsv | jsonl | hf | prepared (a folder written by
-    # `python -m softmcl_jax.data.prepare`, at data.path)
+    # vader | emobank | goemotions | sst | text | csv | tsv | jsonl | hf | prepared (a folder
+    # written by `python -m softmcl_jax.data.prepare`, at data.path)
     c.data.source = "vader"
     c.data.path = ""
     # Prepared folders mixed with weights, (("DIR", weight), ...): training rows are drawn from
