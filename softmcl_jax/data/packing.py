@@ -4,6 +4,9 @@ unpacked batch is ~60% padding).
 
     counts = choose_rows(lengths(encoded.arrays["attention_mask"]), batch_size=32, max_len=64,
                          quantiles=(0.5, 0.9, 1.0))   # e.g. (13, 15, 18)
+    # or, without reading a row, from prepared sources' manifests (a mixture's weights):
+    counts = choose_rows_from_histograms([s.manifest["length_histogram"] for s in sources],
+                                         weights, batch_size=32, max_len=64)
     packed = pack(batch, rows=counts[0])   # None: does not fit (the caller tries the next)
     # encoder on packed["packed_input_ids"] (rows, L), attention within packed["segment_ids"];
     # sentence i's hidden states are row sentence_row[i], tokens
@@ -31,7 +34,8 @@ rows), so each sentence's row lies on the device that holds its sentence-level a
 
 **Static shapes.** Under ``jit`` every distinct shape is a separate compiled program, so the
 numbers of rows a step may have are fixed in advance (:func:`choose_rows`, from the data's
-length distribution: a few counts, each its own compiled program) instead of being whatever a
+length distribution, or :func:`choose_rows_from_histograms`, from the sources' length
+histograms: a few counts, each its own compiled program) instead of being whatever a
 batch needs; a batch takes the smallest count that holds it. A batch that needs more rows than
 the largest is an overflow; ``pack`` then returns None and the caller falls back to
 :func:`pack_one_per_row` (sentence i alone in row i, rows = B, which always fits: a further,
@@ -40,11 +44,12 @@ rarely used static shape). Nothing is ever dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from softmcl_jax.data.masking import IGNORE_INDEX
+from softmcl_jax.data.mixture import Mixture
 
 # Encoder inputs that get a packed copy, and the fill of their padding (None: the pad id).
 PACKED_KEYS: dict[str, int | None] = {
@@ -245,6 +250,30 @@ def segment_positions(segment_ids: np.ndarray) -> np.ndarray:
     return np.where(seg > 0, pos, 0).astype(np.int32)
 
 
+def _check_choose(samples: int, batch_size: int, shards: int,
+                  quantiles: Sequence[float]) -> None:
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if shards < 1 or batch_size < 1 or batch_size % shards:
+        raise ValueError(f"batch_size {batch_size} must be a positive multiple of shards {shards}")
+    if not quantiles or any(not 0 < q <= 1 for q in quantiles):
+        raise ValueError(f"quantiles must be a non-empty list of values in (0, 1], got "
+                         f"{tuple(quantiles)}")
+
+
+def _counts_of_needs(batches: Iterable[np.ndarray], *, samples: int, batch_size: int,
+                     max_len: int, shards: int, quantiles: Sequence[float]) -> tuple[int, ...]:
+    """The ``quantiles`` of the rows sampled batches (each (batch_size,) lengths, clipped to
+    ``max_len``) need, as :func:`choose_rows` returns them."""
+    need = np.empty(samples, np.int64)
+    for i, drawn in enumerate(batches):
+        drawn = np.minimum(drawn, max_len)
+        need[i] = max(max(_first_fit_decreasing(block, max_len, None)[2], 1)
+                      for block in drawn.reshape(shards, -1))
+    picked = np.quantile(need, sorted(quantiles), method="higher")
+    return tuple(sorted({min(int(n) * shards, batch_size) for n in picked}))
+
+
 def choose_rows(
     lengths: np.ndarray, *, batch_size: int, max_len: int, shards: int = 1, seed: int = 0,
     samples: int = 1000, quantiles: tuple[float, ...] = (1.0,),
@@ -279,21 +308,75 @@ def choose_rows(
     lens = np.minimum(np.asarray(lengths).reshape(-1), max_len)
     if lens.size == 0:
         raise ValueError("no lengths")
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    if shards < 1 or batch_size < 1 or batch_size % shards:
-        raise ValueError(f"batch_size {batch_size} must be a positive multiple of shards {shards}")
-    if not quantiles or any(not 0 < q <= 1 for q in quantiles):
-        raise ValueError(f"quantiles must be a non-empty list of values in (0, 1], got "
-                         f"{tuple(quantiles)}")
+    _check_choose(samples, batch_size, shards, quantiles)
     rng = np.random.default_rng(seed)
-    need = np.empty(samples, np.int64)
+    batches = (lens[rng.choice(lens.size, size=batch_size, replace=lens.size < batch_size)]
+               for _ in range(samples))
+    return _counts_of_needs(batches, samples=samples, batch_size=batch_size, max_len=max_len,
+                            shards=shards, quantiles=quantiles)
+
+
+def histogram_lengths(histogram: Sequence[int] | np.ndarray, positions: np.ndarray
+                      ) -> np.ndarray:
+    """The lengths at ``positions`` of the population a length histogram describes, its rows in
+    order of length (``histogram[t]`` rows of ``t`` tokens): ``(len(positions),)`` int64, in
+    O(len(histogram) + len(positions)) whatever the number of rows."""
+    ends = np.cumsum(np.asarray(histogram, np.int64))
+    positions = np.asarray(positions, np.int64)
+    if positions.size and (positions.min() < 0 or positions.max() >= ends[-1]):
+        raise ValueError(f"positions outside the histogram's {int(ends[-1])} rows")
+    return np.searchsorted(ends, positions, side="right").astype(np.int64)
+
+
+def sample_batch_lengths(
+    histograms: Sequence[Sequence[int] | np.ndarray], weights: Sequence[float] | None = None, *,
+    batch_size: int, samples: int, seed: int = 0,
+) -> Iterator[np.ndarray]:
+    """``samples`` random global batches' lengths ((batch_size,) int64 each) from the sources'
+    length histograms, mixed as the pipeline mixes them: sample ``i`` takes the per-source row
+    counts of step ``i`` (:class:`~softmcl_jax.data.mixture.Mixture`, the same weights), draws
+    each source's rows without replacement (as an epoch does) and, with several sources,
+    shuffles them into the slots (as the slot interleave does). One source draws exactly the
+    positions :func:`choose_rows` draws, read in histogram order (see
+    :func:`choose_rows_from_histograms`). O(samples x batch_size + histogram bins): no row is
+    read and nothing grows with the number of rows.
+    """
+    hists = [np.asarray(h, np.int64) for h in histograms]
+    sizes = [int(h.sum()) for h in hists]
+    if not hists:
+        raise ValueError("no histograms")
+    mix = Mixture(sizes, weights, global_batch_size=batch_size, seed=0)
+    rng = np.random.default_rng(seed)
     for i in range(samples):
-        drawn = lens[rng.choice(lens.size, size=batch_size, replace=lens.size < batch_size)]
-        need[i] = max(max(_first_fit_decreasing(block, max_len, None)[2], 1)
-                      for block in drawn.reshape(shards, -1))
-    picked = np.quantile(need, sorted(quantiles), method="higher")
-    return tuple(sorted({min(int(n) * shards, batch_size) for n in picked}))
+        counts = mix.counts(i)
+        parts = [histogram_lengths(h, rng.choice(n, size=int(c), replace=n < c))
+                 for h, n, c in zip(hists, sizes, counts, strict=True)]
+        drawn = np.concatenate(parts)
+        yield drawn if len(hists) == 1 else drawn[rng.permutation(batch_size)]
+
+
+def choose_rows_from_histograms(
+    histograms: Sequence[Sequence[int] | np.ndarray], weights: Sequence[float] | None = None, *,
+    batch_size: int, max_len: int, shards: int = 1, seed: int = 0, samples: int = 1000,
+    quantiles: tuple[float, ...] = (1.0,),
+) -> tuple[int, ...]:
+    """:func:`choose_rows` from the sources' length histograms (a prepared folder's manifest
+    ``length_histogram``; ``histogram[t]`` rows of ``t`` tokens) mixed by ``weights``
+    (:func:`sample_batch_lengths`), without reading a row: O(1) in the corpus size, so a run's
+    start-up does not grow with its data.
+
+    ``batch_size`` is the global batch (the mixture's per-step counts are of it) and ``shards``
+    the blocks it is packed in (processes x devices per process). One source samples as
+    :func:`choose_rows` does (same seed, same draws of positions), but the population is the
+    histogram's rows in order of length, not the corpus in file order, so the same positions
+    are other sentences and the counts can differ from :func:`choose_rows`' on the lengths
+    array by a sample's worth; both estimate the same quantiles of the same distribution.
+    """
+    _check_choose(samples, batch_size, shards, quantiles)
+    batches = sample_batch_lengths(histograms, weights, batch_size=batch_size, samples=samples,
+                                   seed=seed)
+    return _counts_of_needs(batches, samples=samples, batch_size=batch_size, max_len=max_len,
+                            shards=shards, quantiles=quantiles)
 
 
 def real_token_fraction(lens: np.ndarray, *, rows: int, max_len: int) -> float:
