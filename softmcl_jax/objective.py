@@ -14,6 +14,7 @@ on them (``terms.TERMS``) and returns ``sum_t weight_t * loss_t`` with the metri
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -92,7 +93,7 @@ class Plan:
     frozen: bool
     queues: tuple[QueueSpec, ...]
     batch_keys: tuple[str, ...]  # the arrays of a step's batch
-    data: tuple[tuple[str, str], ...]  # (term, requirement) checked on the loaded data
+    data: tuple[tuple[str, str], ...]  # (term, requirement): check_sources, check_data
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -381,6 +382,13 @@ _HINT = {"labels": "set config.data.source to a labelled source (goemotions, sst
                   "valence, arousal and dominance)"}
 
 
+def _where(config: ml_collections.ConfigDict) -> str:
+    """The config fields that say where the training data come from."""
+    d = config.data
+    return f"config.data.source={d.source!r}" + (f", config.data.path={d.path!r}"
+                                                 if d.path else "")
+
+
 def check_data(the_plan: Plan, arrays: dict[str, np.ndarray],
                config: ml_collections.ConfigDict) -> None:
     """Refuse a term whose data is missing from the encoded training data (``ValueError`` naming
@@ -398,8 +406,50 @@ def check_data(the_plan: Plan, arrays: dict[str, np.ndarray],
             if dim != "valence":
                 present = present & (arrays[f"token_{dim}"] >= 0)
         if not present.any():
-            d = config.data
-            where = f"config.data.source={d.source!r}" + (f", config.data.path={d.path!r}"
-                                                          if d.path else "")
             raise ValueError(f"config.objective.{term} needs {_WHAT[level].format(dim=dim)}, but "
-                             f"the training data ({where}) have none: {_HINT[level]}")
+                             f"the training data ({_where(config)}) have none: {_HINT[level]}")
+
+
+def _present(need: str, manifest: Mapping[str, Any]) -> int:
+    """How much of what ``need`` asks for a prepared folder's manifest records: rows with a
+    class ("labels"), present ratings ("sentence:<dim>", "token:<dim>" but valence), rows with
+    a lexicon word ("token:valence", whose words all have a valence)."""
+    level, _, dim = need.partition(":")
+    flags, values = manifest.get("flags", {}), manifest.get("values", {})
+    if level == "labels":
+        return int(flags.get("class", 0))
+    if level == "token" and dim == "valence":
+        return int(flags.get("words", 0))
+    return sum(int(n) for v, n in values.get(f"{level}_{dim}", ()) if v >= 0)
+
+
+def check_sources(the_plan: Plan, sources: Sequence[tuple[str, Mapping[str, Any]]],
+                  config: ml_collections.ConfigDict) -> None:
+    """Refuse an active term whose data none of the training sources has (``ValueError`` naming
+    the term, what it needs and every source searched with its row count), from the sources'
+    manifests alone: before anything is read, trained or written.
+
+    ``sources``: (folder or name, manifest) of each prepared folder the run reads, those of
+    ``config.data.mixture`` or the one of ``config.data.source``. The manifest's ``flags`` count
+    the rows with a class and with lexicon words, its ``values`` hold every present rating.
+    A term needs its data in one source at least: a mixture may mix rated and unrated folders
+    (each term reads the rows that have its data; ``rows/<term>`` counts them per step).
+    """
+    mixture = bool(config.data.mixture) or len(sources) != 1
+    for term, need in the_plan.data:
+        level, _, dim = need.partition(":")
+        if level == "mlm":
+            continue  # a config field (data.mlm_rate), checked by config_check.validate
+        if any(_present(need, manifest) > 0 for _, manifest in sources):
+            continue
+        what = f"config.objective.{term} needs {_WHAT[level].format(dim=dim)}"
+        counts = [(name, manifest.get("rows", "?")) for name, manifest in sources]
+        if mixture:
+            listing = ", ".join(f"{name} (0 of {rows} rows)" for name, rows in counts)
+            raise ValueError(f"{what}, but none of the mixture's sources has any: {listing}. Add "
+                             "to config.data.mixture a folder prepared from data that have them "
+                             f"(python -m softmcl_jax.data.prepare): {_HINT[level]}")
+        (name, rows), = counts
+        folder = "" if name == config.data.path else f" in {name}"
+        raise ValueError(f"{what}, but the training data ({_where(config)}) have none (0 of "
+                         f"{rows} rows{folder}): {_HINT[level]}")

@@ -53,8 +53,9 @@ class Needs:
     heads: tuple[tuple[str, str], ...] = ()  # (head name, kind)
     batch: tuple[str, ...] = ()  # batch arrays read besides input_ids/attention_mask/valid
     queue: QueueNeed | None = None
-    # What the loaded data must provide, checked after reading it: "labels", "mlm",
-    # "sentence:<dim>" (a sentence-level rating) or "token:<dim>" (lexicon words in the text).
+    # What the data must provide, checked against the prepared folders' manifests before
+    # anything is read (objective.check_sources): "labels", "mlm", "sentence:<dim>" (a
+    # sentence-level rating) or "token:<dim>" (lexicon words in the text).
     data: tuple[str, ...] = ()
     mlm_logits: bool = False  # the online/masked pass computes MLM logits
 
