@@ -146,6 +146,13 @@ class Mixture:
         # threads sharing the mixture never see a half-written entry.
         self._perms: list[tuple[int, np.ndarray] | None] = [None] * len(sizes)
 
+    def __getstate__(self) -> dict:
+        # Grain's worker processes receive the mixture pickled: send no cached permutation
+        # (up to 4 bytes a row); each worker draws the epochs it needs.
+        state = dict(self.__dict__)
+        state["_perms"] = [None] * len(self.sizes)
+        return state
+
     @property
     def num_sources(self) -> int:
         return len(self.sizes)
