@@ -1,177 +1,307 @@
-"""Input pipeline: shuffled, sharded, fixed-shape, masked batches, prefetched on a thread.
+"""Input pipeline: batches of stored rows from one or several sources, built by Grain.
 
-    encoded = encode_sentences(sentences, tokenizer, lexicon, max_len=128)
-    pipe = Pipeline(encoded.arrays, global_batch_size=64, seed=0,
+    src = rows.MemorySource(rows.rows_from_encoded(encoded.arrays), max_len=128, pad_id=0)
+    # or PreparedSource("prepared/vader"); several sources with weights make a mixture
+    pipe = Pipeline([src], global_batch_size=64, seed=0, max_len=128, pad_id=0,
                     masking=MaskingConfig.from_tokenizer(tokenizer))
     with pipe.iterate(start_step=restored_step) as batches:
         for step, batch in zip(range(restored_step, num_steps), batches):
             state = train_step(state, batch)
 
-Everything about the batch at global step ``s`` is a pure function of ``(seed, s)`` and the
-process's index: the epoch is ``s // steps_per_epoch``, its order a permutation drawn from
-``(seed, epoch)``, the MLM masks of the whole global batch are drawn from ``(seed, s)`` and each
-process keeps its rows. So ``pipe.batch(s)`` is the same whether the run started at 0 or resumed
-at ``s``, a resumed run is exact, and the global batch (masks included) does not depend on the
-number of processes sharing it.
+**Sources.** A row source is anything with ``len(src)``, ``src.read(indices) -> list[bytes]``
+(``rows.encode_row`` bytes) and ``src.manifest`` (``max_len``, ``pad_id``,
+``length_histogram``, ...): ``rows.MemorySource`` for small data, a prepared folder's
+``PreparedSource`` for large. Nothing else is assumed, except that packing and bucketing use
+``src.lengths(indices)`` (the rows' token counts, without reading them) where a source has it;
+see *Packing* below.
 
-**Sharding.** Every process holds the whole encoded data (encoding is deterministic) and takes,
-from each global batch of ``global_batch_size`` rows, the contiguous block
-``[p * b, (p + 1) * b)`` with ``b = global_batch_size / process_count``: disjoint, equal, and
-together the global batch. That is the layout ``jax.make_array_from_process_local_data`` expects
-for a batch axis sharded over a mesh whose devices are ordered by process.
+**A pure function of (seed, step).** The global batch at step ``s`` is
+``Mixture.global_indices(s)`` (:mod:`softmcl_jax.data.mixture`): per-source epochs whose order
+is drawn from ``(seed, epoch)``, per-step counts in closed form. Its MLM masks are drawn for
+the whole (B, max_len) batch from ``(seed, s)``. Nothing is carried from step to step, so
+``pipe.batch(s)`` is the same whether a run started at 0 or resumed at ``s``, a resumed run is
+exact, and the global batch (masks included) does not depend on the number of processes. One
+source gives exactly the examples each step always had (``drop_remainder``: an epoch has
+``N // B`` steps and leaves out ``N % B`` rows, different ones each epoch).
 
-**Fixed shapes.** Rows are already padded to ``max_len``. With ``drop_remainder=True`` (the
-default; the momentum queue needs its size K to be a multiple of the global batch, so every
-batch must be full) an epoch has ``N // global_batch_size`` steps and leaves out
-``N % global_batch_size`` examples (``dropped_per_epoch``); the order is redrawn every epoch, so
-different examples are left out each time, none for good. With ``drop_remainder=False`` the last
-batch is filled up with rows from the start of the epoch's order that are marked
-``valid=False`` and carry no supervision (labels -1, no valences, no MLM targets).
+**Each process reads only its rows.** Process ``p`` of ``P`` takes the contiguous block
+``[p * b, (p + 1) * b)`` (``b = B / P``) of the global batch's slots: disjoint, equal, together
+the global batch, the layout ``jax.make_array_from_process_local_data`` expects. It computes
+the global indices (cheap arithmetic), reads its own block's rows from the sources
+(``read``, ``rows.decode_row``, ``rows.pad_rows`` to ``max_len``: exactly
+``encode_sentences``' arrays) and masks them with its rows of the global draws
+(``masking.mask_token_rows``), so no process reads another's rows, yet every process holds
+exactly its rows of what a single process would compute.
 
-**Batches** hold every key of the encoded arrays, sliced, plus ``valid`` (b,) bool and, with
-masking, ``mlm_input_ids`` (the corrupted ids) and ``mlm_labels`` (-100 where not predicted);
-``input_ids`` stays uncorrupted for the contrastive views.
+**Batches** hold the arrays of ``rows.pad_rows`` (``keys`` limits which; ``multi_labels`` with
+``num_labels``), ``valid`` (b,) bool, all True (every row is a real row; the queue needs full
+batches), and, with masking, ``mlm_input_ids`` (the corrupted ids) and ``mlm_labels`` (-100
+where not predicted); ``input_ids`` stays uncorrupted for the contrastive views.
+``rating_scales`` ``{key: spread}`` divides those ratings where present (absent markers kept),
+as ``rating_units.in_spread_units`` does on whole arrays.
 
 **Packing** (``packing_rows``, see :mod:`softmcl_jax.data.packing`). The batch is first made
 exactly as without packing (same examples, same masks, every key unchanged), then its encoder
 inputs are packed several sentences per row: ``packed_input_ids`` (and ``packed_mlm_input_ids``,
 ``packed_mlm_labels``), ``segment_ids`` (r, L) and ``sentence_row``, ``sentence_start`` (b,),
-with ``r = R / process_count`` rows on each process, ``R`` the smallest of ``packing_rows`` (a
-few static row counts, each its own compiled program) that holds the global batch.
-``sentence_row`` numbers the rows
-of the *global* packed array (process p's rows are ``[p * r, (p + 1) * r)``), so it indexes the
-``jax.Array`` that the processes' rows assemble into. Each process packs its own block of the
-global batch, in ``packing_shards`` sub-blocks (the devices the batch axis is split over within
-the process), so a sentence's row lies on the device of its sentence-level arrays. The count is
-decided on the global batch, so every process agrees and all run the same program. If not even
-the largest holds it, the step is an overflow: every process puts one sentence per row, in
-order (r = b, ``packing.pack_one_per_row``), a further static shape; ``overflow_steps`` counts
-such steps and a warning names each. No sentence is ever dropped.
+with ``r = R / P`` rows on each process, ``R`` the smallest of ``packing_rows`` (a few static
+row counts, each its own compiled program) that holds the global batch. ``sentence_row``
+numbers the rows of the *global* packed array (process p's rows are ``[p * r, (p + 1) * r)``).
+Each process packs its own block in ``packing_shards`` sub-blocks (the devices the batch axis
+is split over within the process), so a sentence's row lies on the device of its
+sentence-level arrays. If not even the largest count holds the batch, the step is an overflow:
+every process puts one sentence per row, in order (r = b, ``packing.pack_one_per_row``), a
+further static shape; ``overflow_steps`` counts such steps and a warning names each. No
+sentence is ever dropped. Bucketing (``bucket_lengths``) likewise cuts the token arrays to the
+smallest bucket that holds the global batch's longest sentence.
+
+*How the processes agree on R without reading each other's rows.* ``R`` must be decided on the
+global batch (every process must feed the same shape, and the choice must not depend on the
+process count), which needs every row's length. Three ways were weighed:
+
+- every process reads the whole global batch (B reads a step instead of b): simple, but each
+  process then reads every row, which is what a large corpus on many hosts cannot afford;
+- each process packs its block and the count is agreed by a per-step allgather of the local
+  needs (``multihost_utils``): a host collective every step in the consumer thread, packing
+  moved out of Grain's workers into that thread, and simulated processes (tests) cannot agree;
+- the sources keep every row's token count beside the rows (``src.lengths(indices)``: a
+  memory-mapped int array of 2-4 bytes a row in a prepared folder; ``MemorySource`` holds it
+  in memory): every process looks up the B lengths of the global batch, decides ``R`` exactly
+  as a single process would, and packs its own block. No communication, no extra row read;
+  the cost is the lengths array (a few MB per million rows) and one lookup of B ints a step.
+
+The last is what this does. A source without ``lengths`` still works: its rows' lengths are
+read from the rows' headers (each process then reads the global batch's rows of that source:
+correct, but the cost the first option has), and a warning at start-up names the source.
+
+**Grain.** :meth:`iterate` is ``grain.MapDataset.range(start, stop).map(batch)`` turned into
+an ``IterDataset`` with ``grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=
+prefetch)`` (batches made ahead on threads; 0: on the caller's thread), or, with
+``workers > 0``, made in that many worker processes (``mp_prefetch``); the consumer thread puts
+each batch on ``sharding`` with ``jax.make_array_from_process_local_data``. Elements carry
+their step, checked on arrival, so the order is exact. Kept from before, because Grain lacks
+them: the index arithmetic (a mixture whose per-step counts are exact and closed-form, so any
+step is computed alone; ``MapDataset.mix`` draws by weight per element and Grain's shuffles
+per index, neither reproducing today's epochs), the masks' global draws, and the packer
+(:mod:`~softmcl_jax.data.packing`): Grain's ``FirstFitPackIterDataset`` packs a *stream*
+into a fixed number of rows, carrying sentences over to the next batch, so a batch's sentences
+would depend on the history (no exact resume by step, no process-count independence), it
+cannot keep each sentence on the device of its sentence-level arrays, cannot choose among
+static row counts per batch, and does not emit the (sentence_row, sentence_start) gather
+indices the sentence-level terms need.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from softmcl_jax.data.masking import MaskingConfig, mask_tokens
-from softmcl_jax.data.packing import assign_rows, pack, pack_one_per_row, pad_id_of
-from softmcl_jax.data.packing import lengths as sentence_lengths
+from softmcl_jax.data import rows as rows_lib
+from softmcl_jax.data.masking import MaskingConfig, mask_token_rows
+from softmcl_jax.data.mixture import SHUFFLE_STREAM, Mixture, epoch_permutation
+from softmcl_jax.data.packing import PACKED_KEYS, PACKED_PREFIX, assign_rows, pack, pack_one_per_row
+from softmcl_jax.data.rating_units import _present as rating_present
+
+__all__ = ["SHUFFLE_STREAM", "TOKEN_KEYS", "Batches", "Pipeline", "Prefetcher", "RowSource",
+           "epoch_permutation"]
 
 log = logging.getLogger(__name__)
 
-# Distinguishes the shuffling stream from the masking stream (masking.py) for equal numbers.
-SHUFFLE_STREAM = 0x5348  # "SH"
 # Arrays with one entry per token, (b, L): what bucketing cuts to the batch's bucket length.
 TOKEN_KEYS = frozenset({
     "input_ids", "attention_mask", "special_tokens_mask", "mlm_input_ids", "mlm_labels",
     "token_valence", "token_valence_mask", "token_arousal", "token_dominance"})
-# What a padding row (drop_remainder=False) carries instead of supervision.
-_NO_SUPERVISION = {
-    "labels": -1, "multi_labels": 0, "sentence_valence": -1.0, "sentence_valence_mask": False,
-    "token_valence": 0.0, "token_valence_mask": False, "sentence_arousal": -1.0,
-    "sentence_dominance": -1.0, "token_arousal": -1.0, "token_dominance": -1.0,
-}
+MLM_KEYS = ("mlm_input_ids", "mlm_labels")
+PACKING_OUTPUTS = (*(PACKED_PREFIX + k for k in PACKED_KEYS), "segment_ids", "sentence_row",
+                   "sentence_start")
+# An endless run's stop: Grain's range needs one; no run gets near it.
+_ENDLESS = sys.maxsize
+# Arrays below this size leave Grain's worker processes pickled, not in shared memory.
+_MIN_SHM_BYTES = 1 << 20
 
 
-def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    """The order of the examples in ``epoch``: a function of (seed, epoch) only."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(SHUFFLE_STREAM,)))
-    return rng.permutation(num_examples)
+@runtime_checkable
+class RowSource(Protocol):
+    """What the pipeline reads: ``rows.MemorySource``, ``prepared.PreparedSource``."""
+
+    manifest: Mapping[str, Any]
+
+    def __len__(self) -> int: ...
+
+    def read(self, indices: Sequence[int]) -> list[bytes]: ...
 
 
-class _End:
-    pass
+def _name(source: Any, k: int) -> str:
+    return f"source {k} ({getattr(source, 'path', type(source).__name__)})"
 
 
-class _Failure:
-    def __init__(self, error: BaseException):
-        self.error = error
+def _row_lengths_from_headers(blobs: Sequence[bytes]) -> np.ndarray:
+    # rows.encode_row's header is "<BBHHHi" (version, flags, n, ...): n, the token count, is
+    # the little-endian uint16 at byte 2; no need to decode the row.
+    return np.array([int.from_bytes(b[2:4], "little") for b in blobs], np.int64)
 
 
-class Prefetcher(Iterator[Any]):
-    """Runs an iterable on a background thread, ``size`` items ahead, behind a bounded queue.
+class _BatchMaker:
+    """Everything ``batch(step)`` needs and nothing more (no sharding, no counters): what
+    Grain's threads share and its worker processes receive (pickled)."""
 
-    An exception in the producer is re-raised in the consumer at the item where it happened
-    (after the items produced before it). ``close()`` (or leaving the ``with`` block, or dropping
-    the last reference) stops the thread; it never blocks interpreter exit (daemon thread).
-    """
+    def __init__(self, sources: Sequence[Any], mixture: Mixture, *, global_batch_size: int,
+                 seed: int, max_len: int, pad_id: int, emit: frozenset[str] | None,
+                 masking: MaskingConfig | None, process_index: int, process_count: int,
+                 packing_rows: tuple[int, ...] | None, packing_shards: int,
+                 bucket_lengths: tuple[int, ...], rating_scales: dict[str, float],
+                 num_labels: int | None, num_steps: int | None):
+        self.sources, self.mixture = list(sources), mixture
+        self.global_batch_size, self.seed = global_batch_size, seed
+        self.max_len, self.pad_id, self.emit = max_len, pad_id, emit
+        self.masking = masking
+        self.process_index, self.process_count = process_index, process_count
+        self.local_batch_size = global_batch_size // process_count
+        self.packing_rows, self.packing_shards = packing_rows, packing_shards
+        self.bucket_lengths, self.rating_scales = bucket_lengths, rating_scales
+        self.num_labels, self.num_steps = num_labels, num_steps
 
-    def __init__(self, source: Iterable[Any], size: int = 2, *, name: str = "prefetch"):
-        if size < 1:
-            raise ValueError(f"prefetch size must be >= 1, got {size}")
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=size)
-        self._stop = threading.Event()
-        self._done = False
-        # The thread must not hold a reference to self, or self could never be collected (and
-        # the finaliser that stops the thread would never run).
-        self._thread = threading.Thread(
-            target=Prefetcher._produce, args=(iter(source), self._queue, self._stop),
-            name=name, daemon=True)
-        self._finalizer = weakref.finalize(self, Prefetcher._shutdown, self._stop, self._queue,
-                                           self._thread)
-        self._thread.start()
+    # -- what every process computes about the whole global batch ----------------------------
 
-    @staticmethod
-    def _produce(it: Iterator[Any], q: queue.Queue[Any], stop: threading.Event) -> None:
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.05)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+    def global_lengths(self, source: np.ndarray, row: np.ndarray) -> np.ndarray:
+        """(B,) the token counts of the global batch's rows, from the sources' ``lengths``
+        (no row read), or their rows' headers for a source without it."""
+        out = np.empty(len(row), np.int64)
+        for k in np.unique(source).tolist():
+            at = source == k
+            src = self.sources[k]
+            if hasattr(src, "lengths"):
+                out[at] = np.asarray(src.lengths(row[at]), np.int64)
+            else:
+                out[at] = _row_lengths_from_headers(src.read(row[at]))
+        return out
 
-        try:
-            for item in it:
-                if not put(item):
-                    return
-            put(_End())
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            put(_Failure(e))
+    def packed_rows(self, lens: np.ndarray) -> int | None:
+        """The global packed row count of a batch of ``lens``: the smallest of
+        ``packing_rows`` whose process-and-shard blocks all hold their sentences; None: an
+        overflow. Decided on the global batch, so every process gets the same answer."""
+        assert self.packing_rows is not None
+        return next(
+            (r for r in self.packing_rows
+             if assign_rows(lens, max_len=self.max_len, rows=r,
+                            shards=self.process_count * self.packing_shards) is not None), None)
 
-    @staticmethod
-    def _shutdown(stop: threading.Event, q: queue.Queue[Any], thread: threading.Thread) -> None:
-        stop.set()
-        while True:  # free a producer blocked on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                break
-        if thread is not threading.current_thread():
-            thread.join(timeout=5.0)
+    def bucket_length(self, lens: np.ndarray) -> int:
+        """The smallest bucket holding the global batch's longest sentence (else max_len)."""
+        longest = int(lens.max())
+        return next((b for b in self.bucket_lengths if longest <= b <= self.max_len),
+                    self.max_len)
 
-    def __next__(self) -> Any:
-        if self._done:
-            raise StopIteration
-        item = self._queue.get()
-        if isinstance(item, _End):
-            self._done = True
-            self.close()
-            raise StopIteration
-        if isinstance(item, _Failure):
-            self._done = True
-            self.close()
-            raise item.error
-        return item
+    # -- this process's rows -----------------------------------------------------------------
+
+    def read_rows(self, source: np.ndarray, row: np.ndarray,
+                  lens: np.ndarray | None) -> list[rows_lib.Row]:
+        """The decoded rows of one block of slots (one ``read`` per source present)."""
+        blobs: list[bytes | None] = [None] * len(row)
+        for k in np.unique(source).tolist():
+            at = np.flatnonzero(source == k)
+            for i, blob in zip(at.tolist(), self.sources[k].read(row[at]), strict=True):
+                blobs[i] = blob
+        decoded = [rows_lib.decode_row(b) for b in blobs]  # type: ignore[arg-type]
+        if lens is not None:  # the lengths the batch was packed by must be the rows' own
+            for i, r in enumerate(decoded):
+                if len(r.input_ids) != lens[i]:
+                    k = int(source[i])
+                    raise ValueError(
+                        f"{_name(self.sources[k], k)}: row {int(row[i])} has "
+                        f"{len(r.input_ids)} tokens, its lengths() says {int(lens[i])}")
+        return decoded
+
+    def make(self, step: int) -> tuple[dict[str, np.ndarray], bool]:
+        """(this process's batch at ``step``, whether it overflowed the packing)."""
+        step = int(step)
+        if step < 0 or (self.num_steps is not None and step >= self.num_steps):
+            raise IndexError(f"step {step} outside [0, {self.num_steps})")
+        source, row = self.mixture.global_indices(step)
+        b = self.local_batch_size
+        mine = slice(self.process_index * b, (self.process_index + 1) * b)
+        lens = None
+        if self.packing_rows is not None or self.bucket_lengths:
+            lens = self.global_lengths(source, row)
+        rows = self.read_rows(source[mine], row[mine], None if lens is None else lens[mine])
+        out = rows_lib.pad_rows(rows, max_len=self.max_len, pad_id=self.pad_id,
+                                num_labels=self.num_labels)
+        out["valid"] = np.ones(b, bool)
+        for key, spread in self.rating_scales.items():
+            x = out[key]
+            out[key] = np.where(rating_present(out, key), x / spread, x).astype(x.dtype)
+        if self.masking is not None:
+            # This process's rows of the global batch's masks, drawn from (seed, step) for the
+            # whole (B, max_len) batch (process 0's stream whatever this process is): the
+            # corruption of an example does not depend on how many processes share the batch.
+            m = self.masking
+            out["mlm_input_ids"], out["mlm_labels"] = mask_token_rows(
+                out["input_ids"], out["special_tokens_mask"], row_start=mine.start,
+                global_batch_size=self.global_batch_size, mask_token_id=m.mask_token_id,
+                vocab_size=m.vocab_size, special_ids=m.special_ids, rate=m.rate,
+                mask_fraction=m.mask_fraction, random_fraction=m.random_fraction,
+                max_predictions=m.max_predictions, seed=self.seed, step=step, process_index=0)
+        overflowed = False
+        if self.bucket_lengths:
+            assert lens is not None
+            length = self.bucket_length(lens)
+            out = {k: v[:, :length] if k in TOKEN_KEYS and v.shape[1] == self.max_len else v
+                   for k, v in out.items()}
+        elif self.packing_rows is not None:
+            assert lens is not None
+            out, overflowed = self._pack(out, lens)
+        if self.emit is not None:
+            out = {k: v for k, v in out.items() if k in self.emit}
+        return out, overflowed
+
+    def _pack(self, out: dict[str, np.ndarray], lens: np.ndarray
+              ) -> tuple[dict[str, np.ndarray], bool]:
+        global_rows = self.packed_rows(lens)
+        if global_rows is not None:
+            rows = global_rows // self.process_count
+            packed = pack(out, rows=rows, shards=self.packing_shards, pad_id=self.pad_id)
+            assert packed is not None  # the global batch fits, so every process block does
+        else:
+            rows = self.local_batch_size
+            packed = pack_one_per_row(out, pad_id=self.pad_id)
+        if self.process_index:  # number rows in the global packed array
+            packed["sentence_row"] += self.process_index * rows
+        return packed, global_rows is None
+
+    def element(self, step: int) -> tuple[int, dict[str, np.ndarray], bool]:
+        """What Grain makes for ``step``: the step (checked by the consumer), the batch, and
+        whether it overflowed (counted by the consumer: workers share no counters)."""
+        batch, overflowed = self.make(step)
+        return int(step), batch, overflowed
+
+
+class Batches(Iterator[dict[str, Any]]):
+    """The batches of :meth:`Pipeline.iterate`, in step order; ``close()`` (or leaving a
+    ``with`` block) stops Grain's threads and worker processes."""
+
+    def __init__(self, iterator: Iterator[tuple[int, dict[str, np.ndarray], bool]],
+                 pipeline: Pipeline, start_step: int):
+        self._it, self._pipeline, self.step = iterator, pipeline, start_step
+
+    def __next__(self) -> dict[str, Any]:
+        step, batch, overflowed = next(self._it)
+        if step != self.step:  # Grain keeps the order; this is the proof, cheaply
+            raise RuntimeError(f"the pipeline produced step {step} where {self.step} was due")
+        self.step += 1
+        if overflowed:
+            self._pipeline._note_overflow(step)
+        return batch if self._pipeline.sharding is None else self._pipeline._to_device(batch)
 
     def close(self) -> None:
-        """Stop the producer thread and drop what it had queued; idempotent."""
-        self._done = True
-        self._finalizer()
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            close()
 
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def __enter__(self) -> Prefetcher:
+    def __enter__(self) -> Batches:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -179,59 +309,79 @@ class Prefetcher(Iterator[Any]):
 
 
 class Pipeline:
-    """Batches of encoded examples for one process; see the module docstring.
+    """Batches of stored rows for one process; see the module docstring.
 
     Args:
-      arrays: equal-length numpy arrays (``Encoded.arrays``); needs ``input_ids`` and, with
-        masking, ``special_tokens_mask`` (or ``attention_mask``, then special ids come from
-        ``masking.special_ids``).
-      global_batch_size: rows per step over all processes; a multiple of ``process_count``.
-      seed: shuffling and masking seed.
-      shuffle: False keeps the data order (every epoch the same).
-      drop_remainder: drop the last short batch of each epoch (default) or fill it with
-        ``valid=False`` rows.
-      num_epochs: stop after this many epochs; None repeats forever.
+      sources: row sources (or one source): ``len``, ``read``, ``manifest``.
+      weights: one per source (> 0, any scale); None: equal. Each source must get at least one
+        row a step (``w B >= 1``).
+      global_batch_size: ``B``, rows per step over all processes; a multiple of
+        ``process_count``.
+      seed: shuffling, interleaving and masking seed.
+      max_len, pad_id: the padded length and the pad id; every source's manifest must agree.
+      keys: the arrays of ``rows.pad_rows`` to emit (None: all); ``valid``, the MLM keys and the
+        packed keys are emitted whenever their feature is on.
       masking: MLM corruption to add (``mlm_input_ids``, ``mlm_labels``); None for none.
       process_index, process_count: this host's place; ``jax.process_index()`` /
         ``jax.process_count()`` when None.
-      prefetch: batches made ahead on a background thread; 0 makes them on the caller's thread.
-      sharding: if given, batches are global ``jax.Array``s laid out by this sharding (assembled
-        from each process's rows with ``jax.make_array_from_process_local_data``); if None,
-        numpy arrays.
+      prefetch: batches made ahead on Grain's threads (0: on the caller's thread); with
+        ``workers``, the buffer of each worker process.
+      workers: Grain worker processes (``mp_prefetch``) making batches; 0: none.
+      sharding: if given, batches are global ``jax.Array``s laid out by this sharding
+        (assembled from each process's rows with ``jax.make_array_from_process_local_data``);
+        if None, numpy arrays.
       packing_rows: pack the encoder inputs into this many rows per global step, or into the
         smallest of several such counts that holds the batch (each a multiple of
         ``process_count * packing_shards``, at most ``global_batch_size``; see
-        :func:`~softmcl_jax.data.packing.choose_rows`); None (default) packs nothing. Needs
-        ``attention_mask``.
+        ``packing.choose_rows_from_histograms``); None (default) packs nothing.
       packing_shards: the devices the batch axis is split over within one process; each gets
         its sentences packed into its own rows.
+      bucket_lengths: cut the token arrays to the smallest of these lengths that holds the
+        global batch's longest sentence (an alternative to packing).
+      rating_scales: ``{rating key: spread}`` to divide the present ratings by.
+      num_labels: adds ``multi_labels`` (b, num_labels).
+      num_steps: the pipeline ends after this many steps; None: never.
     """
 
     def __init__(
         self,
-        arrays: Mapping[str, np.ndarray],
+        sources: Sequence[Any] | Any,
         *,
+        weights: Sequence[float] | None = None,
         global_batch_size: int,
         seed: int,
-        shuffle: bool = True,
-        drop_remainder: bool = True,
-        num_epochs: int | None = None,
+        max_len: int,
+        pad_id: int,
+        keys: Sequence[str] | set[str] | frozenset[str] | None = None,
         masking: MaskingConfig | None = None,
         process_index: int | None = None,
         process_count: int | None = None,
         prefetch: int = 2,
+        workers: int = 0,
         sharding: Any = None,
         packing_rows: int | Sequence[int] | None = None,
         packing_shards: int = 1,
         bucket_lengths: Sequence[int] = (),
+        rating_scales: Mapping[str, float] | None = None,
+        num_labels: int | None = None,
+        num_steps: int | None = None,
     ):
-        if "input_ids" not in arrays:
-            raise ValueError("arrays must contain input_ids")
-        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
-        lengths = {k: len(v) for k, v in self.arrays.items()}
-        if len(set(lengths.values())) != 1:
-            raise ValueError(f"arrays have different lengths: {lengths}")
-        self.num_examples = lengths["input_ids"]
+        if isinstance(sources, RowSource):
+            sources = [sources]
+        sources = list(sources)
+        if not sources:
+            raise ValueError("no sources")
+        for k, src in enumerate(sources):
+            if not isinstance(src, RowSource):
+                raise TypeError(f"source {k} ({type(src).__name__}) is not a row source: it "
+                                "needs len(), read(indices) and manifest")
+            man = src.manifest
+            if int(man["max_len"]) != max_len:
+                raise ValueError(f"{_name(src, k)} was prepared for max_len {man['max_len']}, "
+                                 f"the pipeline pads to max_len {max_len}")
+            if int(man["pad_id"]) != pad_id:
+                raise ValueError(f"{_name(src, k)} pads with id {man['pad_id']}, the pipeline "
+                                 f"with {pad_id}: another tokenizer")
         if process_index is None or process_count is None:
             import jax  # noqa: PLC0415 - only needed when the caller does not say
 
@@ -251,33 +401,33 @@ class Pipeline:
                              f"of process_count {process_count}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if prefetch < 0 or workers < 0:
+            raise ValueError(f"prefetch {prefetch} and workers {workers} must be >= 0")
+        if num_steps is not None and num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        self.sources = sources
+        sizes = [len(s) for s in sources]
+        self.num_examples = sum(sizes)
+        if len(sources) == 1 and sizes[0] and sizes[0] < global_batch_size:
+            # One source is read in epochs of whole batches, as it always was.
+            raise ValueError(f"{sizes[0]} examples make no full global batch of "
+                             f"{global_batch_size}")
+        self.mixture = Mixture(sizes, weights, global_batch_size=global_batch_size, seed=seed)
         self.global_batch_size = global_batch_size
         self.local_batch_size = global_batch_size // process_count
         self.process_index, self.process_count = process_index, process_count
-        self.seed, self.shuffle, self.drop_remainder = seed, shuffle, drop_remainder
-        self.num_epochs, self.masking = num_epochs, masking
-        self.prefetch, self.sharding = prefetch, sharding
-
-        if drop_remainder:
-            self.steps_per_epoch = self.num_examples // global_batch_size
-            self.dropped_per_epoch = self.num_examples % global_batch_size
-        else:
-            self.steps_per_epoch = -(-self.num_examples // global_batch_size)
-            self.dropped_per_epoch = 0
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{self.num_examples} examples make no full global batch of "
-                             f"{global_batch_size}")
-        if self.dropped_per_epoch:
-            log.info("each epoch leaves out %d of %d examples (drop_remainder; a different %d "
-                     "each epoch)", self.dropped_per_epoch, self.num_examples,
-                     self.dropped_per_epoch)
-        if masking is not None and "special_tokens_mask" not in self.arrays:
-            if "attention_mask" not in self.arrays:
-                raise ValueError("masking needs special_tokens_mask or attention_mask")
-            self.arrays["special_tokens_mask"] = (
-                np.isin(self.arrays["input_ids"], masking.special_ids)
-                | (self.arrays["attention_mask"] == 0))
-        self._perm_cache: tuple[int, np.ndarray] | None = None
+        self.seed, self.masking, self.max_len, self.pad_id = seed, masking, max_len, pad_id
+        self.prefetch, self.workers, self.sharding = prefetch, workers, sharding
+        self.num_steps, self.num_labels = num_steps, num_labels
+        if len(sources) == 1:
+            self.steps_per_epoch: int | None = sizes[0] // global_batch_size
+            self.dropped_per_epoch: int | None = sizes[0] % global_batch_size
+            if self.dropped_per_epoch:
+                log.info("each epoch leaves out %d of %d examples (drop_remainder; a different "
+                         "%d each epoch)", self.dropped_per_epoch, sizes[0],
+                         self.dropped_per_epoch)
+        else:  # epochs are per source; a step is no fraction of any one epoch
+            self.steps_per_epoch = self.dropped_per_epoch = None
 
         # The row counts a step may have, ascending; None: no packing.
         self.packing_rows: tuple[int, ...] | None = None
@@ -286,8 +436,6 @@ class Pipeline:
         if packing_rows is not None:
             counts = ((packing_rows,) if isinstance(packing_rows, int | np.integer)
                       else tuple(packing_rows))
-            if "attention_mask" not in self.arrays:
-                raise ValueError("packing_rows needs attention_mask in the arrays")
             if packing_shards < 1 or self.local_batch_size % packing_shards:
                 raise ValueError(f"packing_shards {packing_shards} must divide the local batch "
                                  f"size {self.local_batch_size}")
@@ -302,132 +450,80 @@ class Pipeline:
                     raise ValueError(f"packing_rows {rows} is more than global_batch_size "
                                      f"{global_batch_size} (one sentence per row)")
             self.packing_rows = tuple(sorted({int(r) for r in counts}))
-            self.lengths = sentence_lengths(self.arrays["attention_mask"])
-            pos = np.arange(self.arrays["input_ids"].shape[1])
-            if not np.array_equal(pos[None] < self.lengths[:, None],
-                                  self.arrays["attention_mask"].astype(bool)):
-                raise ValueError("packing needs right padding: attention_mask ones then zeros")
-            self.pad_id = pad_id_of(self.arrays["input_ids"], self.arrays["attention_mask"])
         self.bucket_lengths = tuple(sorted(int(b) for b in bucket_lengths))
         if self.bucket_lengths:
             if packing_rows is not None:
                 raise ValueError("bucket_lengths and packing_rows are alternatives: give one")
-            if "attention_mask" not in self.arrays:
-                raise ValueError("bucket_lengths needs attention_mask in the arrays")
             if self.bucket_lengths[0] < 1:
                 raise ValueError(f"bucket_lengths {self.bucket_lengths} must be positive")
-            self.lengths = sentence_lengths(self.arrays["attention_mask"])
+        if self.packing_rows is not None or self.bucket_lengths:
+            for k, src in enumerate(sources):
+                if not hasattr(src, "lengths"):
+                    log.warning("%s has no lengths(): every process reads the global batch's "
+                                "rows of it to size the packing (correct, but B reads a step "
+                                "instead of B / processes)", _name(src, k))
 
-    @property
-    def num_steps(self) -> int | None:
-        """Steps until the pipeline ends (None: never)."""
-        return None if self.num_epochs is None else self.num_epochs * self.steps_per_epoch
+        scales = dict(rating_scales or {})
+        for key, spread in scales.items():
+            if key not in rows_lib.RATING_KEYS:
+                raise ValueError(f"rating_scales: {key!r} is not a rating key "
+                                 f"{rows_lib.RATING_KEYS}")
+            if not spread > 0:
+                raise ValueError(f"rating_scales[{key!r}] = {spread}: a spread must be > 0")
+        self.rating_scales = scales
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        cached = self._perm_cache  # read once: the producer thread may replace it
-        if cached is not None and cached[0] == epoch:
-            return cached[1]
-        if self.shuffle:
-            perm = epoch_permutation(self.num_examples, self.seed, epoch)
-        else:
-            perm = np.arange(self.num_examples)
-        self._perm_cache = (epoch, perm)
-        return perm
+        available = set(rows_lib.pad_rows([], max_len=max_len, pad_id=pad_id,
+                                          num_labels=num_labels))
+        generated = {"valid"}
+        if masking is not None:
+            generated |= set(MLM_KEYS)
+        if self.packing_rows is not None:
+            generated |= set(PACKING_OUTPUTS)
+        emit = None
+        if keys is not None:
+            keys = set(keys)
+            if "multi_labels" in keys and not num_labels:
+                raise ValueError("keys: multi_labels needs num_labels")
+            unknown = keys - available - generated
+            if unknown:
+                raise ValueError(f"keys {sorted(unknown)} are not arrays the pipeline makes: "
+                                 f"{sorted(available | generated)}")
+            emit = frozenset((keys & available) | generated)
+        self.keys = emit
+
+        self._maker = _BatchMaker(
+            sources, self.mixture, global_batch_size=global_batch_size, seed=seed,
+            max_len=max_len, pad_id=pad_id, emit=emit, masking=masking,
+            process_index=process_index, process_count=process_count,
+            packing_rows=self.packing_rows, packing_shards=packing_shards,
+            bucket_lengths=self.bucket_lengths, rating_scales=scales, num_labels=num_labels,
+            num_steps=num_steps)
 
     def global_indices(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(example indices, valid) of the whole global batch at ``step``."""
-        epoch, i = divmod(step, self.steps_per_epoch)
-        perm = self._permutation(epoch)
-        g = self.global_batch_size
-        idx = perm[i * g:(i + 1) * g]
-        valid = np.ones(g, bool)
-        if len(idx) < g:  # drop_remainder=False, last batch: top up from the start, invalid
-            valid[len(idx):] = False
-            idx = np.concatenate([idx, perm[:g - len(idx)]])
-        return idx, valid
+        """``(source (B,), row (B,))`` of the whole global batch at ``step``."""
+        return self.mixture.global_indices(step)
 
     @property
     def overflow_steps(self) -> int:
         """Steps (distinct values) whose batch did not fit into the largest of ``packing_rows``
-        so far."""
+        so far (counted where batches are consumed)."""
         return len(self._overflowed)
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        """This process's batch at global ``step`` (numpy), without prefetching or device_put."""
-        out, idx = self._unpacked(step)
-        if self.bucket_lengths:
-            return self._bucket(out, idx)
-        if self.packing_rows is None:
-            return out
-        return self._pack(out, idx, step)
-
-    def bucket_length(self, idx: np.ndarray) -> int:
-        """The smallest bucket that holds the longest of the global batch's sentences ``idx``
-        (the full length if none does): decided globally, so every process feeds one shape."""
-        longest = int(self.lengths[idx].max())
-        full = self.arrays["input_ids"].shape[1]
-        return next((b for b in self.bucket_lengths if longest <= b <= full), full)
-
-    def _bucket(self, out: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-        """Token arrays cut to the batch's bucket; what is cut is padding only."""
-        length = self.bucket_length(idx)
-        full = self.arrays["input_ids"].shape[1]
-        return {k: v[:, :length] if k in TOKEN_KEYS and v.shape[1] == full else v
-                for k, v in out.items()}
-
-    def _pack(self, out: dict[str, np.ndarray], idx: np.ndarray, step: int
-              ) -> dict[str, np.ndarray]:
+    def _note_overflow(self, step: int) -> None:
+        if step in self._overflowed:
+            return
+        self._overflowed.add(step)
         assert self.packing_rows is not None
-        # Decided on the global batch, process blocks as shards: every process gets the same
-        # answer, so all of them feed the same static shape.
-        global_rows = next(
-            (r for r in self.packing_rows
-             if assign_rows(self.lengths[idx], max_len=self.arrays["input_ids"].shape[1], rows=r,
-                            shards=self.process_count * self.packing_shards) is not None), None)
-        if global_rows is not None:
-            rows = global_rows // self.process_count
-            packed = pack(out, rows=rows, shards=self.packing_shards, pad_id=self.pad_id)
-            assert packed is not None  # the global batch fits, so every process block does
-        else:
-            rows = self.local_batch_size
-            packed = pack_one_per_row(out, pad_id=self.pad_id)
-            if step not in self._overflowed:
-                self._overflowed.add(step)
-                log.warning("step %d: the batch does not fit into %d packed rows; packed one "
-                            "sentence per row (%d rows) instead (%d overflow steps so far)",
-                            step, self.packing_rows[-1], self.global_batch_size,
-                            len(self._overflowed))
-        if self.process_index:  # number rows in the global packed array
-            packed["sentence_row"] += self.process_index * rows
-        return packed
+        log.warning("step %d: the batch does not fit into %d packed rows; packed one sentence "
+                    "per row (%d rows) instead (%d overflow steps so far)", step,
+                    self.packing_rows[-1], self.global_batch_size, len(self._overflowed))
 
-    def _unpacked(self, step: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        if step < 0 or (self.num_steps is not None and step >= self.num_steps):
-            raise IndexError(f"step {step} outside [0, {self.num_steps})")
-        idx, valid = self.global_indices(step)
-        b = self.local_batch_size
-        mine = slice(self.process_index * b, (self.process_index + 1) * b)
-        out = {k: v[idx[mine]] for k, v in self.arrays.items()}
-        out["valid"] = valid[mine]
-        if not out["valid"].all():
-            for k, fill in _NO_SUPERVISION.items():
-                if k in out:
-                    out[k][~out["valid"]] = fill
-        if self.masking is not None:
-            # Every process draws the masks of the whole global batch from (seed, step) and keeps
-            # its rows: the corruption of an example then does not depend on how many processes
-            # share the batch, so a 2-process run computes what a 1-process run does.
-            m = self.masking
-            ids, labels = mask_tokens(
-                self.arrays["input_ids"][idx], self.arrays["special_tokens_mask"][idx],
-                mask_token_id=m.mask_token_id, vocab_size=m.vocab_size,
-                special_ids=m.special_ids, rate=m.rate, mask_fraction=m.mask_fraction,
-                random_fraction=m.random_fraction, max_predictions=m.max_predictions,
-                seed=self.seed, step=step, process_index=0)
-            ids, labels = ids[mine], labels[mine]
-            labels[~out["valid"]] = -100
-            out["mlm_input_ids"], out["mlm_labels"] = ids, labels
-        return out, idx
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """This process's batch at global ``step`` (numpy), made on the caller's thread."""
+        batch, overflowed = self._maker.make(step)
+        if overflowed:
+            self._note_overflow(int(step))
+        return batch
 
     def _to_device(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import jax  # noqa: PLC0415
@@ -438,45 +534,82 @@ class Pipeline:
 
         return {k: put(v) for k, v in batch.items()}
 
-    def _generate(self, start_step: int, stop_step: int | None) -> Iterator[dict[str, Any]]:
-        step = start_step
-        while stop_step is None or step < stop_step:
-            batch = self.batch(step)
-            yield batch if self.sharding is None else self._to_device(batch)
-            step += 1
-
-    def iterate(self, start_step: int = 0) -> Iterator[dict[str, Any]]:
-        """Batches for steps ``start_step, start_step + 1, ...`` until ``num_steps`` (or forever).
-
-        With ``prefetch > 0`` this is a :class:`Prefetcher`: close it (or use ``with``) when done.
-        """
+    def iterate(self, start_step: int = 0) -> Batches:
+        """Batches for steps ``start_step, start_step + 1, ...`` until ``num_steps`` (or forever),
+        made by Grain (module docstring); close the result (or use ``with``) when done."""
         if start_step < 0:
             raise ValueError(f"start_step must be >= 0, got {start_step}")
-        gen = self._generate(start_step, self.num_steps)
-        if self.prefetch <= 0:
-            return gen
-        return Prefetcher(gen, self.prefetch, name=f"pipeline-p{self.process_index}")
+        import grain  # noqa: PLC0415 - a 2 s import that only iterating needs
+
+        stop = _ENDLESS if self.num_steps is None else max(self.num_steps, start_step)
+        ds = grain.MapDataset.range(start_step, stop).map(self._maker.element)
+        if self.workers > 0:
+            from absl import flags  # noqa: PLC0415
+
+            if not flags.FLAGS.is_parsed():
+                # Grain's worker start-up reads its absl flags; a program without absl.app
+                # (a notebook, pytest) has parsed none: take their defaults, as absl.app would.
+                flags.FLAGS.mark_as_parsed()
+            # Each worker makes every workers-th step on its own thread; their outputs are
+            # interleaved back into step order.
+            it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+            # A batch is a few dozen small arrays: pickled through the workers' queue they cost
+            # less than a shared-memory block each (open, map, unlink); large ones still go
+            # through shared memory.
+            it = grain.experimental.WithOptionsIterDataset(
+                it, grain.experimental.DatasetOptions(min_shm_size=_MIN_SHM_BYTES))
+            it = it.mp_prefetch(grain.MultiprocessingOptions(
+                num_workers=self.workers, per_worker_buffer_size=max(self.prefetch, 1)))
+        else:
+            it = ds.to_iter_dataset(grain.ReadOptions(num_threads=self.prefetch,
+                                                      prefetch_buffer_size=self.prefetch))
+        return Batches(iter(it), self, start_step)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return self.iterate(0)
 
+    def _mean_length(self) -> float:
+        """The mean row length of the mixture, from the sources' length histograms."""
+        means = []
+        for src in self.sources:
+            h = np.asarray(src.manifest["length_histogram"], np.float64)
+            means.append(float((h * np.arange(len(h))).sum() / max(h.sum(), 1.0)))
+        return float(sum(float(w) * m for w, m in zip(self.mixture.weights, means, strict=True)))
+
     def describe(self) -> str:
-        """One line on the epoch arithmetic (and packing), for logs."""
-        text = (f"{self.num_examples} examples, global batch {self.global_batch_size} "
-                f"({self.local_batch_size} on each of {self.process_count} processes), "
-                f"{self.steps_per_epoch} steps per epoch, {self.dropped_per_epoch} examples "
-                f"left out per epoch")
+        """One line on the epoch arithmetic, the mixture and packing, for logs."""
+        b, p = self.global_batch_size, self.process_count
+        where = f"global batch {b} ({self.local_batch_size} on each of {p} processes)"
+        if len(self.sources) == 1:
+            text = (f"{self.num_examples} examples, {where}, {self.steps_per_epoch} steps per "
+                    f"epoch, {self.dropped_per_epoch} examples left out per epoch")
+        else:
+            parts = ", ".join(
+                f"{getattr(s, 'path', k)}: {len(s)} rows x {float(w):.3g} "
+                f"({float(w) * b:.3g} a step)"
+                for k, (s, w) in enumerate(zip(self.sources, self.mixture.weights, strict=True)))
+            text = (f"{self.num_examples} rows in {len(self.sources)} sources ({parts}), "
+                    f"{where}; each source's epochs cut to a multiple of {b} rows")
         if self.packing_rows is not None:
-            max_len = self.arrays["input_ids"].shape[1]
-            mean = float(self.lengths.mean())
-            tokens = mean * self.global_batch_size
+            mean = self._mean_length()
+            tokens = mean * b
+            full = self.max_len
             text += (f"; packed into {' or '.join(map(str, self.packing_rows))} rows per step "
-                     f"(the smallest that holds the batch; split over {self.process_count} "
-                     f"processes x {self.packing_shards} shards; overflow: "
-                     f"{self.global_batch_size} rows), real tokens {mean / max_len:.1%} "
-                     f"unpacked -> {tokens / (self.packing_rows[-1] * max_len):.1%} "
+                     f"(the smallest that holds the batch; split over {p} processes x "
+                     f"{self.packing_shards} shards; overflow: {b} rows), real tokens "
+                     f"{mean / full:.1%} unpacked -> "
+                     f"{tokens / (self.packing_rows[-1] * full):.1%} "
                      f"({self.packing_rows[-1]} rows) to "
-                     f"{tokens / (self.packing_rows[0] * max_len):.1%} "
+                     f"{tokens / (self.packing_rows[0] * full):.1%} "
                      f"({self.packing_rows[0]} rows) packed, for an average batch")
+        if self.bucket_lengths:
+            text += f"; token arrays cut to buckets {self.bucket_lengths}"
         return text
 
+
+class Prefetcher:
+    """Removed: :meth:`Pipeline.iterate` prefetches with Grain. The name remains only because
+    ``softmcl_jax.data.__init__`` still imports it; drop it there, then here."""
+
+    def __init__(self, *args: object, **kwargs: object):
+        raise TypeError("Prefetcher was removed: Pipeline.iterate prefetches with Grain")
