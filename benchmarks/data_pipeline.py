@@ -1,11 +1,15 @@
 """Does the input pipeline keep the train step fed? Batches/s delivered vs train steps/s.
 
     python benchmarks/data_pipeline.py [--batch 64] [--seq 128] [--batches 300] [--repeats 3]
+                                       [--prefetch 2] [--workers 2]
 
 Data: the shipped VADER rated sentences (``softmcl_jax.data.load_vader_sentences``) with the
 VADER lexicon, or, where those are missing, a synthetic corpus of 20,000 sentences (the output
-says which). Tokenised once with the all-MiniLM-L6-v2 fast tokenizer (timed separately), then the
-pipeline (shuffle, MLM masking 15%, prefetch thread) is drained for ``--batches`` batches.
+says which). Tokenised once with the all-MiniLM-L6-v2 fast tokenizer and stored as rows
+(``rows.rows_from_encoded`` into a ``rows.MemorySource``, what a prepared folder holds; both
+timed separately), then the pipeline (global indices, read + decode + pad the rows, MLM masking
+15%, built by Grain) is drained for ``--batches`` batches: on Grain's threads
+(``--prefetch``), on the caller's thread, and in ``--workers`` Grain worker processes.
 
 Train step: the trainer does not exist yet, so it is a jitted MiniLM forward + backward + optax
 AdamW update at the same batch shape: mean-pooled embeddings, InfoNCE against their
@@ -35,6 +39,7 @@ import report  # noqa: E402
 
 from softmcl_jax import data, losses  # noqa: E402
 from softmcl_jax.data.records import Sentence  # noqa: E402
+from softmcl_jax.data.rows import MemorySource, rows_from_encoded  # noqa: E402
 from softmcl_jax.models import from_pretrained  # noqa: E402
 
 
@@ -77,6 +82,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--prefetch", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="Grain worker processes (0: skip)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md")
     args = ap.parse_args()
     load_start = os.getloadavg()[0]
@@ -91,28 +97,35 @@ def main() -> None:
     enc = data.encode_sentences(sentences, tok, lexicon, max_len=args.seq)
     encode_s = time.perf_counter() - t0
     print(f"data: {source}; encoded in {encode_s:.1f} s: {enc.stats.summary()}", flush=True)
+    t0 = time.perf_counter()
+    store = MemorySource(rows_from_encoded(enc.arrays), max_len=args.seq,
+                         pad_id=tok.pad_token_id, name="vader")
+    store_s = time.perf_counter() - t0
+    row_bytes = sum(len(b) for b in store.blobs) / len(store)
     masking = data.MaskingConfig.from_tokenizer(tok)
 
-    def pipeline(prefetch: int) -> data.Pipeline:
-        return data.Pipeline(enc.arrays, global_batch_size=args.batch, seed=0, masking=masking,
-                             prefetch=prefetch)
+    def pipeline(prefetch: int, workers: int = 0) -> data.Pipeline:
+        return data.Pipeline([store], global_batch_size=args.batch, seed=0, max_len=args.seq,
+                             pad_id=tok.pad_token_id, masking=masking, prefetch=prefetch,
+                             workers=workers, process_index=0, process_count=1)
 
-    def drain(prefetch: int) -> float:
-        it = pipeline(prefetch).iterate(0)
-        next(it)  # thread start-up and the first permutation
-        t0 = time.perf_counter()
-        for _ in range(args.batches):
-            next(it)
-        dt = time.perf_counter() - t0
-        if hasattr(it, "close"):
-            it.close()
+    def drain(prefetch: int, workers: int = 0) -> float:
+        with pipeline(prefetch, workers).iterate(0) as it:
+            next(it)  # Grain's start-up (threads or worker processes), the first permutation
+            t0 = time.perf_counter()
+            for _ in range(args.batches):
+                next(it)
+            dt = time.perf_counter() - t0
         return args.batches / dt
 
     pipe_bps = drain(args.prefetch)
     sync_bps = drain(0)
+    worker_bps = drain(args.prefetch, args.workers) if args.workers else None
     p = pipeline(args.prefetch)
-    print(f"pipeline: {pipe_bps:.0f} batches/s with prefetch={args.prefetch}, "
-          f"{sync_bps:.0f} without; {p.describe()}", flush=True)
+    print(f"pipeline: {pipe_bps:.0f} batches/s on {args.prefetch} Grain threads, "
+          f"{sync_bps:.0f} on the caller's thread"
+          + (f", {worker_bps:.0f} in {args.workers} worker processes" if worker_bps else "")
+          + f"; {p.describe()}", flush=True)
 
     pre = from_pretrained(path)
     step, opt_state = make_train_step(pre)
@@ -135,7 +148,7 @@ def main() -> None:
     # prefetching pipeline, interleaved so that load from other processes hits both alike.
     with pipeline(args.prefetch).iterate(0) as batches:
         compile_s = train(fixed, 0)
-        train(None, 0)  # the first pipeline batch waits for the thread's start
+        train(None, 0)  # the first pipeline batch waits for Grain's start-up
         fixed_times, fed_times = [], []
         for i in range(args.repeats):
             fixed_times.append(train(fixed, 2 * i + 1))
@@ -151,10 +164,14 @@ def main() -> None:
     rows = [
         (f"encode once (fast tokenizer batch call + word valences), {len(enc):,} sentences",
          f"{encode_s:.1f} s ({len(enc) / encode_s:,.0f} sentences/s)"),
-        (f"pipeline: shuffle + slice + MLM 15% + prefetch={args.prefetch}, "
-         f"{args.batches} batches",
+        (f"store as rows (rows_from_encoded + MemorySource), {len(store):,} rows",
+         f"{store_s:.1f} s ({row_bytes:.0f} bytes a row)"),
+        (f"pipeline: indices + read/decode/pad rows + MLM 15%, Grain, prefetch={args.prefetch} "
+         f"threads, {args.batches} batches",
          f"**{pipe_bps:,.0f} batches/s** ({1e3 / pipe_bps:.2f} ms/batch)"),
         ("pipeline on the caller's thread (prefetch=0)", f"{sync_bps:,.0f} batches/s"),
+        *([(f"pipeline in {args.workers} Grain worker processes (workers={args.workers})",
+            f"{worker_bps:,.0f} batches/s")] if worker_bps else []),
         ("train step: MiniLM fwd + bwd + AdamW, jit, batch on the device, state carried "
          f"(median of {args.repeats})",
          f"**{step_s:.2f} s** (min {min(fixed_times):.2f}; {1 / step_s:.3f} steps/s; "
