@@ -64,11 +64,11 @@ process count), which needs every row's length. Three ways were weighed:
 - each process packs its block and the count is agreed by a per-step allgather of the local
   needs (``multihost_utils``): a host collective every step in the consumer thread, packing
   moved out of Grain's workers into that thread, and simulated processes (tests) cannot agree;
-- the sources keep every row's token count beside the rows (``src.lengths(indices)``: a
-  memory-mapped int array of 2-4 bytes a row in a prepared folder; ``MemorySource`` holds it
-  in memory): every process looks up the B lengths of the global batch, decides ``R`` exactly
-  as a single process would, and packs its own block. No communication, no extra row read;
-  the cost is the lengths array (a few MB per million rows) and one lookup of B ints a step.
+- the sources keep every row's token count beside the rows (``src.lengths(indices)``;
+  ``MemorySource`` holds them in memory, a prepared folder can keep a memory-mapped array of
+  them): every process looks up the B lengths of the global batch, decides ``R`` exactly as a
+  single process would, and packs its own block. No communication, no extra row read; the
+  cost is the lengths array (2-4 bytes a row) and one lookup of B ints a step.
 
 The last is what this does. A source without ``lengths`` still works: its rows' lengths are
 read from the rows' headers (each process then reads the global batch's rows of that source:
