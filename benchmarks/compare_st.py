@@ -219,8 +219,8 @@ def prepare(args: argparse.Namespace, sides: list[str], out: str) -> dict[str, A
                             csv_path=csv_path, layout=layout)
         if tokenizer is None:
             _, tokenizer, _ = loop.setup_model(config)
-        pipeline = loop.build_pipeline(config, tokenizer, mesh, set())
-        idx = np.stack([pipeline.global_indices(i)[0] for i in range(steps)])
+        pipeline = loop.build_pipeline(config, tokenizer, mesh)
+        idx = np.stack([pipeline.global_indices(i)[1] for i in range(steps)])
         if indices is None:
             indices = idx
         elif not np.array_equal(indices, idx):

@@ -1,14 +1,17 @@
-"""Data: records and readers, word-level valence, MLM masking and the input pipeline."""
+"""Data: records and readers, word-level valence, stored rows, MLM masking and the input pipeline
+(prepared folders read through Grain, and their mixtures)."""
 
 from softmcl_jax.data.masking import IGNORE_INDEX, MaskingConfig, mask_tokens
+from softmcl_jax.data.mixture import Mixture
 from softmcl_jax.data.packing import (
     choose_rows,
+    choose_rows_from_histograms,
     pack,
     pack_one_per_row,
     segment_positions,
     unpack,
 )
-from softmcl_jax.data.pipeline import Pipeline, Prefetcher, epoch_permutation
+from softmcl_jax.data.pipeline import Pipeline, epoch_permutation
 from softmcl_jax.data.readers import (
     read_csv,
     read_emobank,
@@ -50,9 +53,10 @@ __all__ = [
     "Encoded",
     "MaskingConfig",
     "Pipeline",
-    "Prefetcher",
+    "Mixture",
     "WordValence",
     "choose_rows",
+    "choose_rows_from_histograms",
     "encode_sentences",
     "epoch_permutation",
     "lemma_candidates",

@@ -106,7 +106,7 @@ from softmcl_jax.data.mixture import SHUFFLE_STREAM, Mixture, epoch_permutation
 from softmcl_jax.data.packing import PACKED_KEYS, PACKED_PREFIX, assign_rows, pack, pack_one_per_row
 from softmcl_jax.data.rating_units import _present as rating_present
 
-__all__ = ["SHUFFLE_STREAM", "TOKEN_KEYS", "Batches", "Pipeline", "Prefetcher", "RowSource",
+__all__ = ["SHUFFLE_STREAM", "TOKEN_KEYS", "Batches", "Pipeline", "RowSource",
            "epoch_permutation"]
 
 log = logging.getLogger(__name__)
@@ -606,10 +606,3 @@ class Pipeline:
             text += f"; token arrays cut to buckets {self.bucket_lengths}"
         return text
 
-
-class Prefetcher:
-    """Removed: :meth:`Pipeline.iterate` prefetches with Grain. The name remains only because
-    ``softmcl_jax.data.__init__`` still imports it; drop it there, then here."""
-
-    def __init__(self, *args: object, **kwargs: object):
-        raise TypeError("Prefetcher was removed: Pipeline.iterate prefetches with Grain")
