@@ -33,6 +33,21 @@ def test_launch_runs_main_on_every_worker_with_shared_checkpoints():
     assert "--config.total_steps=100" in out
 
 
+def test_prepare_runs_once_then_copies_the_folder_to_every_host():
+    out = dry("tpu.sh", "prepare", "--name=s", "--zone=z", "--bucket=gs://b", "--out=rev", "--",
+              "--config.data.source=text", "--config.data.path=/d/rev.txt.gz").replace("\\", "")
+    first, second = out.strip().splitlines()
+    assert "--worker=0" in first and "--worker=all" not in first
+    assert "-m softmcl_jax.data.prepare --config=configs/softmcl.py" in first
+    assert "--out=$HOME/prepared/rev" in first and "--config.data.path=/d/rev.txt.gz" in first
+    assert "rsync -r $HOME/prepared/rev gs://b/prepared/rev" in first
+    assert "--worker=all" in second and "rsync -r gs://b/prepared/rev ~/prepared/rev" in second
+    proc = subprocess.run(["bash", os.path.join(ROOT, "tpu_scripts", "tpu.sh"), "prepare",
+                           "--name=s", "--zone=z", "--bucket=gs://b"],
+                          env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--out is required" in proc.stderr
+
+
 def test_unknown_tpu_type_and_missing_flags_are_refused():
     for args in (["create", "--name=s", "--zone=z", "--type=v3-8"], ["create", "--zone=z"]):
         proc = subprocess.run(["bash", os.path.join(ROOT, "tpu_scripts", "tpu.sh"), *args],

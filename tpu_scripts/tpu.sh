@@ -4,6 +4,8 @@
 #   tpu_scripts/tpu.sh create   --name=smcl --zone=us-central2-b --type=v4-8 [--spot]
 #   tpu_scripts/tpu.sh install  --name=smcl --zone=us-central2-b [--repo=URL] [--ref=main]
 #   tpu_scripts/tpu.sh data     --name=smcl --zone=us-central2-b --bucket=gs://B [--src=../shared/data]
+#   tpu_scripts/tpu.sh prepare  --name=smcl --zone=us-central2-b --bucket=gs://B --out=reviews \
+#                               [--config=configs/softmcl.py] [-- --config.data.source=text ...]
 #   tpu_scripts/tpu.sh launch   --name=smcl --zone=us-central2-b --bucket=gs://B --run=r1 \
 #                               [--config=configs/softmcl.py] [-- --config.total_steps=20000 ...]
 #   tpu_scripts/tpu.sh status   --name=smcl --zone=us-central2-b
@@ -13,13 +15,17 @@
 # --type: v4-8 ... v4-4096, v5litepod-1 ... v5litepod-256 (v5e), v5p-8 ... (v5p).
 # Checkpoints go to gs://B/runs/RUN/checkpoints (every host must see them; a preempted VM loses its
 # disk). `resume` recreates a preempted VM, reinstalls and relaunches the same command, which
-# restores the newest checkpoint. DRY_RUN=1 prints the commands instead of running them.
+# restores the newest checkpoint. `prepare` runs `python -m softmcl_jax.data.prepare` once, on
+# worker 0 with all its cores, into ~/prepared/OUT, copies it to gs://B/prepared/OUT and from there
+# to every host (ArrayRecord reads local files); train on it with
+# `launch ... -- --config.data.source=prepared --config.data.path=~/prepared/OUT` (or a mixture).
+# DRY_RUN=1 prints the commands instead of running them.
 set -euo pipefail
 
 cmd=${1:-help}; shift || true
 NAME=""; ZONE=""; TYPE="v4-8"; SPOT=""; PROJECT=""; BUCKET=""; RUN="run"; SRC="../shared/data"
 REPO="${SOFTMCL_REPO:-https://github.com/OWNER/softmcl_jax.git}"; REF="main"
-CONFIG="configs/softmcl.py"; EXTRA=()
+CONFIG="configs/softmcl.py"; OUT=""; EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name=*) NAME=${1#*=} ;;           --zone=*) ZONE=${1#*=} ;;
@@ -27,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --project=*) PROJECT=${1#*=} ;;     --bucket=*) BUCKET=${1%/}; BUCKET=${BUCKET#*=} ;;
     --run=*) RUN=${1#*=} ;;             --src=*) SRC=${1#*=} ;;
     --repo=*) REPO=${1#*=} ;;           --ref=*) REF=${1#*=} ;;
-    --config=*) CONFIG=${1#*=} ;;
+    --config=*) CONFIG=${1#*=} ;;       --out=*) OUT=${1#*=} ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "tpu.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -57,6 +63,15 @@ train_command() {
        "> \$HOME/$RUN.log 2>&1 &"
 }
 
+prepare_command() {
+  local extra=""
+  [[ ${#EXTRA[@]} -gt 0 ]] && extra=$(printf ' %q' "${EXTRA[@]}")
+  # Once, not on every host: the output is the same bytes wherever it is made.
+  echo "cd ~/softmcl_jax && .venv/bin/python -m softmcl_jax.data.prepare --config=$CONFIG" \
+       "--out=\$HOME/prepared/$OUT --workers=\$(nproc)$extra" \
+       "&& gsutil -m rsync -r \$HOME/prepared/$OUT $BUCKET/prepared/$OUT"
+}
+
 case "$cmd" in
   create)
     need NAME ZONE
@@ -72,6 +87,10 @@ case "$cmd" in
     need NAME ZONE BUCKET
     run gsutil -m rsync -r "$SRC" "$BUCKET/data"
     on_all "mkdir -p ~/data && gsutil -m rsync -r $BUCKET/data ~/data" ;;
+  prepare)
+    need NAME ZONE BUCKET OUT
+    run "${gc[@]}" ssh "$NAME" --zone "$ZONE" --worker=0 --command "$(prepare_command)"
+    on_all "mkdir -p ~/prepared/$OUT && gsutil -m rsync -r $BUCKET/prepared/$OUT ~/prepared/$OUT" ;;
   launch)
     need NAME ZONE BUCKET
     on_all "$(train_command)" ;;
@@ -95,5 +114,5 @@ case "$cmd" in
     need NAME ZONE
     run "${gc[@]}" delete "$NAME" --zone "$ZONE" --quiet ;;
   *)
-    sed -n '2,20p' "$0"; exit 2 ;;
+    sed -n '2,26p' "$0"; exit 2 ;;
 esac
