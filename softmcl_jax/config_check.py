@@ -1,16 +1,22 @@
-"""``validate(config)``: every check that needs only the config, before anything is loaded or
-written. Each message names the ``config.`` field; the data-dependent checks (a term's data is
-present, labels fit ``data.num_labels``) run right after the data are read
-(``objective.check_data``, ``data.sources.check_labels``).
+"""``validate(config)``: every check that needs only the config, and the manifests of the
+prepared folders it names, before anything is loaded or written. Each message names the
+``config.`` field. A term's data are checked here against the manifests of ``data.mixture`` or
+of ``data.source="prepared"`` (``objective.check_sources``); a source that is prepared on first
+use is checked once prepared, and labels against ``data.num_labels`` when the rows are read
+(``data.sources.check_labels``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from numbers import Real
+from typing import Any
 
 import ml_collections
 
 from softmcl_jax import objective
+from softmcl_jax.data import prepared
 from softmcl_jax.data.rating_units import RATING_UNITS
 from softmcl_jax.data.sources import SOURCES
 from softmcl_jax.models import DTYPES
@@ -20,6 +26,40 @@ from softmcl_jax.models.heads import POOLINGS
 def _require(ok: bool, field: str, value: object, what: str) -> None:
     if not ok:
         raise ValueError(f"config.{field}={value!r} {what}")
+
+
+MIXTURE_EXAMPLE = ("--config.data.mixture=\"(('DIR_A', 0.5), ('DIR_B', 0.5))\" (one folder: "
+                   "\"(('DIR', 1.0),)\", with the trailing comma)")
+
+
+def _check_mixture(mixture: Any) -> tuple[tuple[str, float], ...]:
+    """``config.data.mixture`` as (folder, weight) pairs; ``ValueError`` naming the entry."""
+    if not isinstance(mixture, (tuple, list)):
+        raise ValueError(f"config.data.mixture={mixture!r} is not a tuple of ('DIR', weight) "
+                         f"pairs: {MIXTURE_EXAMPLE}")
+    pairs = []
+    for i, entry in enumerate(mixture):
+        field = f"config.data.mixture[{i}]"
+        if not (isinstance(entry, (tuple, list)) and len(entry) == 2
+                and isinstance(entry[0], str) and entry[0]
+                and isinstance(entry[1], Real) and not isinstance(entry[1], bool)):
+            raise ValueError(f"{field}={entry!r} is not a ('DIR', weight) pair of a prepared "
+                             f"folder and a number: {MIXTURE_EXAMPLE}")
+        folder, weight = entry
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"{field}={entry!r}: the weight {weight!r} must be finite and > 0 "
+                             "(leave a folder out rather than weigh it 0)")
+        pairs.append((folder, float(weight)))
+    return tuple(pairs)
+
+
+def _manifest(path: str, field: str) -> Mapping[str, Any]:
+    """The manifest of the prepared folder ``path``; a missing or unreadable one is a
+    ``ValueError`` naming the config field that gave the folder."""
+    try:
+        return prepared.read_manifest(path)
+    except prepared.PreparedError as e:
+        raise ValueError(f"{field}: {e}") from e
 
 
 def validate(config: ml_collections.ConfigDict) -> objective.Plan:
@@ -54,7 +94,16 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
     _require(0 <= c.momentum.decay < 1, "momentum.decay", c.momentum.decay, "must be in [0, 1)")
 
     d = c.data
-    _require(d.source in SOURCES, "data.source", d.source, f"is not one of {SOURCES}")
+    _require(d.source in (*SOURCES, "prepared"), "data.source", d.source,
+             f"is not one of {(*SOURCES, 'prepared')}")
+    mixture = _check_mixture(d.mixture)
+    if mixture and d.source == "prepared" and d.path:
+        raise ValueError(f"config.data.mixture={tuple(d.mixture)!r} and config.data.source="
+                         f"'prepared' with config.data.path={d.path!r} are alternatives: give the "
+                         "folder as a mixture entry, or set config.data.mixture=()")
+    if not mixture and d.source == "prepared":
+        _require(bool(d.path), "data.path", d.path,
+                 "is empty: config.data.source='prepared' reads the prepared folder there")
     _require(0 <= d.mlm_rate < 1, "data.mlm_rate", d.mlm_rate, "must be in [0, 1)")
     _require(d.mlm_max_predictions >= 0, "data.mlm_max_predictions", d.mlm_max_predictions,
              "must be >= 0")
@@ -88,4 +137,12 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
         if need == "mlm":
             _require(d.mlm_rate > 0, "data.mlm_rate", d.mlm_rate,
                      f"must be > 0: config.objective.{term} needs MLM-corrupted input")
+    # The prepared folders named here: their manifests say what data they hold, so a term
+    # without its data is refused now, not after loading.
+    if mixture:
+        objective.check_sources(
+            the_plan, [(folder, _manifest(folder, f"config.data.mixture[{i}]"))
+                       for i, (folder, _) in enumerate(mixture)], c)
+    elif d.source == "prepared":
+        objective.check_sources(the_plan, [(d.path, _manifest(d.path, "config.data.path"))], c)
     return the_plan
