@@ -113,7 +113,7 @@ def identity(config: ml_collections.ConfigDict, tokenizer: Any) -> dict:
                       "vocab_hash": vocab_hash(tokenizer)},
         "max_len": int(config.model.max_len),
         "lexicon": {"name": d.lexicon, "hash": lexicon_hash(lexicon, affect),
-                    "words_hash": words_hash(d.lexicon_words)},
+                    "words": d.lexicon_words, "words_hash": words_hash(d.lexicon_words)},
         "assign": d.assign,
         "neutral_band": float(d.neutral_band),
         "held_out": held_out_settings(config),
@@ -128,8 +128,10 @@ _CHECKED = (
      ("tokenizer", "name_or_path")),
     (("max_len",), "max_len", "config.model.max_len", None),
     (("lexicon", "name"), "lexicon", "config.data.lexicon", None),
-    (("lexicon", "hash"), "lexicon entries", "config.data.lexicon", ("lexicon", "name")),
-    (("lexicon", "words_hash"), "lexicon word list", "config.data.lexicon_words", None),
+    # The word list before the entries: restricting a lexicon changes its entries too.
+    (("lexicon", "words_hash"), "lexicon word list", "config.data.lexicon_words",
+     ("lexicon", "words")),
+    (("lexicon", "hash"), "lexicon", "config.data.lexicon", ("lexicon", "name")),
     (("assign",), "assign", "config.data.assign", None),
     (("neutral_band",), "neutral_band", "config.data.neutral_band", None),
 )
@@ -156,15 +158,15 @@ def check_compatible(manifest: Mapping, expected: Mapping, path: str) -> None:
     where = os.path.join(path, MANIFEST)
     for key, what, field, setting in _CHECKED:
         have, want = _get(manifest, key), _get(expected, key)
-        if key == ("lexicon", "name"):
-            have, want = _lexicon_kind(have), _lexicon_kind(want)
-        if have == want:
+        same = (_lexicon_kind(have) == _lexicon_kind(want) if key == ("lexicon", "name")
+                else have == want)
+        if same:
             continue
         if setting is None:
             raise PreparedError(where, f"prepared with {what} {have}, but the run has "
                                        f"{field}={want}: prepare it again with --{field}={want}")
         name = _get(expected, setting)
-        raise PreparedError(where, f"prepared with {what} of hash {have}, but the run's "
+        raise PreparedError(where, f"prepared with a {what} of hash {have}, but the run's "
                                    f"{field}={name} has hash {want} (another one, or its files "
                                    f"changed): prepare it again with --{field}={name}")
     have, want = manifest.get("held_out"), expected.get("held_out")
