@@ -308,3 +308,18 @@ def test_cached_reuses_and_rekeys(tmp_path):
     assert os.stat(shard).st_mtime_ns == mtime  # reused, not prepared again
     other = prep.cached(config(max_examples=41), str(tmp_path))
     assert other != first and read_manifest(other)["rows"] == 41
+
+
+def test_cached_waits_for_the_process_that_holds_the_lock(tmp_path):
+    import threading
+
+    c = config(max_examples=20)
+    folder = os.path.join(tmp_path, f"vader-{prep.cache_key(c, tokenizer())[:20]}")
+    got = []
+    with prep._locked(folder + ".lock"):  # as another process preparing this folder would
+        waiter = threading.Thread(target=lambda: got.append(prep.cached(c, str(tmp_path))))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not os.path.exists(folder)
+    waiter.join()
+    assert got == [folder] and read_manifest(folder)["rows"] == 20

@@ -268,16 +268,23 @@ class Encoder:
 
 
 _worker: Encoder | None = None
+_worker_error: str | None = None
 
 
 def _init_worker(spec: EncodeSpec) -> None:
-    global _worker
+    global _worker, _worker_error
     # One process per core already: the tokenizer's own threads would only contend.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _worker = Encoder(spec)
+    try:
+        _worker = Encoder(spec)
+    except Exception as e:  # noqa: BLE001 - a Pool whose initializer raises respawns forever
+        _worker_error = f"{type(e).__name__}: {e}"
 
 
 def _encode_in_worker(chunk: Sequence[Sentence]) -> Encoded:
+    if _worker is None:
+        raise RuntimeError(f"prepare: a worker process could not load the tokenizer and "
+                           f"lexicons ({_worker_error})")
     try:
         return _worker(chunk)
     except ValueError as e:
@@ -572,7 +579,14 @@ def prepare(config: ml_collections.ConfigDict, out: str, *, workers: int = 0,
             chunk_rows: int = 4096, shard_rows: int = 262144) -> dict:
     """Prepare the rows of ``config`` into the folder ``out`` and return its manifest (see the
     module docstring). Resumes a folder a killed run left; an already prepared folder of the
-    same config is returned as it is."""
+    same config is returned as it is.
+
+    ``workers`` >= 1 starts that many "spawn" processes, which import the caller's main module:
+    a script calling this needs the ``if __name__ == "__main__":`` guard. They pay off with
+    more cores than the tokenizer's own threads use: on 2 cores, 0 was as fast (118k VADER-like
+    sentences, 4,700 rows/s against 4,450 once the workers had started, ~6 s each to import
+    transformers). ``chunk_rows`` sentences are encoded at a time; ``shard_rows`` rows a shard.
+    """
     return _prepare(config, out, load_tokenizer(config.model.name_or_path), workers=workers,
                     chunk_rows=chunk_rows, shard_rows=shard_rows)
 
