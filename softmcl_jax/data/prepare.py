@@ -20,8 +20,21 @@ most ``2 * workers`` chunks in flight; the output is byte-identical whatever ``w
 
 **The folder.** ``prepare.json`` first (what this preparation is: a rerun with another config
 is refused, naming the differences), then ``rows-00000.arrayrecord`` ... of ``shard_rows`` rows
-each, each written as ``*.tmp`` and renamed when complete, then its sidecar ``rows-00000.json``
-(the shard's row statistics and the input consumed so far), and ``manifest.json`` last.
+each, each written as ``*.tmp`` and renamed when complete, with its rows' token counts
+``rows-00000.lengths.npy`` and then its sidecar ``rows-00000.json`` (the shard's row statistics
+and how far the input was read: sentences, held out, bad rows); at the end ``lengths.npy`` (all
+rows' token counts, for ``PreparedSource.lengths``) and ``manifest.json`` last.
+
+**manifest.json** (format 1): the identity (``tokenizer`` {name_or_path, vocab_hash, pad_id,
+size}, ``max_len``, ``lexicon`` {name, hash, words, words_hash, affect}, ``assign``,
+``neutral_band``, ``data`` (:data:`DATA_FIELDS`), ``source_files`` [{role, path, bytes, sha256}
+or {role, resource}], ``held_out`` {n_train, n_test, seed} or null, ``shard_rows``), then
+``pad_id``, ``num_labels`` (``data.num_labels``, else the largest class id + 1), ``held_out``
+gains ``rows_removed``, ``sentences_read``, ``rows``, ``shards`` [{file, rows, bytes}],
+``lengths`` {file, bytes}, ``length_histogram``, ``flags``, ``values`` (``RowStats.to_json``),
+``spreads`` (``RowStats.spreads``), ``encode_stats`` (summed ``EncodeStats``), ``bad_rows``
+{file: rows skipped}. Counts of the input (held out, bad rows, read) stop where reading stopped:
+at ``data.max_examples`` rows, if set.
 
 **Resuming.** Killed at any point, the same command finishes the job: complete shards (sidecar
 present, size as recorded) are kept and their sentences skipped without encoding, a partial
@@ -361,8 +374,9 @@ class End:
 
 def chunks(kept: Iterator[Sentence], progress: Progress, *, start_row: int, chunk_rows: int,
            shard_rows: int) -> Iterator[Chunk | End]:
-    """Chunks of at most ``chunk_rows`` kept sentences, never across a shard boundary, from row
-    ``start_row`` on (the rows before it are skipped unencoded), then :class:`End`."""
+    """Chunks of at most ``chunk_rows`` kept sentences, never across a shard boundary, rows
+    numbered from ``start_row`` (the caller has skipped the rows before it), then
+    :class:`End`."""
     chunk: list[Sentence] = []
     row = start_row
     for s in kept:
