@@ -658,10 +658,9 @@ def main(argv: list[str]) -> None:
     trainer = TorchTrainer(config, init_dir, init_heads_from=heads, device=f.device)
 
     probe = loop.probe_data(config) if config.probe.enabled else None
-    held_out = set(probe.train_texts) | set(probe.test_texts) if probe else set()
-    # The JAX trainer's pipeline; batch(step) is its numpy batch before any device_put.
-    pipeline = loop.build_pipeline(config, tokenizer, sharding.make_mesh(1, 1, _one_device()),
-                                   held_out)
+    # The JAX trainer's pipeline (its data prepared with the probe's sentences left out);
+    # batch(step) is its numpy batch before any device_put.
+    pipeline = loop.build_pipeline(config, tokenizer, sharding.make_mesh(1, 1, _one_device()))
     probe_kw = dict(max_len=config.model.max_len, batch_size=config.probe.batch_size)
 
     def run_probe() -> float:

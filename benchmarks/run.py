@@ -80,8 +80,7 @@ def prepare(args: argparse.Namespace, out: str) -> None:
     config.data.max_examples = 4096
     pretrained, tokenizer, _ = loop.setup_model(config)
     del pretrained
-    pipeline = loop.build_pipeline(config, tokenizer, sharding.make_mesh(1, 1, jax.devices()[:1]),
-                                   set())
+    pipeline = loop.build_pipeline(config, tokenizer, sharding.make_mesh(1, 1, jax.devices()[:1]))
     batches = [pipeline.batch(s) for s in range(args.repeats + 1)]
     arrays = {}
     for i, b in enumerate(batches):

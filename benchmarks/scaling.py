@@ -163,7 +163,7 @@ def worker(spec: dict[str, Any], prep: str, args: argparse.Namespace) -> dict[st
                            layout=spec["layout"])
     queues = set_queues(config, spec["queue"])
     run = cs.JaxStep(config)
-    pipeline = loop.build_pipeline(config, run.tokenizer, run.mesh, set(), run.plan)
+    pipeline = loop.build_pipeline(config, run.tokenizer, run.mesh, run.plan)
     numpy_batches = [pipeline.batch(i) for i in range(args.repeats + 1)]
     batches = [run.put(b) for b in numpy_batches]
     t0 = time.perf_counter()

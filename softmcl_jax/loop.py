@@ -23,13 +23,13 @@ from softmcl_jax.checkpoint import Checkpointer, PreemptionGuard, non_finite_lea
 from softmcl_jax.data import (
     MaskingConfig,
     Pipeline,
-    choose_rows,
-    encode_sentences,
+    choose_rows_from_histograms,
     load_vader_sentences,
-    packing,
+    prepare,
+    prepared,
     rating_units,
-    sources,
 )
+from softmcl_jax.data.prepared import PreparedSource
 from softmcl_jax.evaluation.embed import embed_sentences
 from softmcl_jax.evaluation.probe import (
     ProbeSplit,
@@ -83,63 +83,79 @@ def probe_data(config: ml_collections.ConfigDict) -> ProbeSplit:
                              seed=p.seed)
 
 
-def build_pipeline(config, tokenizer, mesh, exclude_texts: set[str],
-                   the_plan: objective.Plan | None = None) -> Pipeline:
-    """The training batches: the arrays the plan reads, checked against what its terms need."""
+def cache_dir(config: ml_collections.ConfigDict) -> str:
+    """Where today's sources are prepared on first use: ``data.cache_dir``, else
+    ``$SOFTMCL_CACHE_DIR``, else ``~/.cache/softmcl_jax/prepared``."""
+    return (config.data.cache_dir or os.environ.get("SOFTMCL_CACHE_DIR")
+            or os.path.join(os.path.expanduser("~"), ".cache", "softmcl_jax", "prepared"))
+
+
+def data_sources(config: ml_collections.ConfigDict, tokenizer
+                 ) -> tuple[list[PreparedSource], list[float]]:
+    """The run's prepared folders and their weights, each checked against the run.
+
+    ``data.mixture`` names folders and weights; ``data.source="prepared"`` one folder
+    (``data.path``); any other source is prepared into the cache on first use (the same path
+    for 10^4 and 10^8 sentences). A folder prepared with another tokenizer, ``max_len``,
+    lexicon or probe split is refused, naming both values.
+    """
+    d = config.data
+    if d.mixture:
+        entries = [(str(path), float(weight)) for path, weight in d.mixture]
+    elif d.source == "prepared":
+        entries = [(d.path, 1.0)]
+    else:
+        entries = [(prepare.cached(config, cache_dir(config)), 1.0)]
+    expected = prepared.identity(config, tokenizer)
+    sources = []
+    for path, _ in entries:
+        source = PreparedSource(path)
+        prepared.check_compatible(source.manifest, expected, path)
+        sources.append(source)
+    return sources, [w for _, w in entries]
+
+
+def build_pipeline(config, tokenizer, mesh, the_plan: objective.Plan | None = None) -> Pipeline:
+    """The training batches: prepared rows read through Grain, the arrays the plan reads,
+    checked against what its terms need."""
     the_plan = objective.plan(config) if the_plan is None else the_plan
     d = config.data
-    sentences = sources.load_sentences(d)
-    if d.num_labels:
-        sources.check_labels(sentences, d.num_labels)
-    if exclude_texts:
-        before = len(sentences)
-        sentences = [s for s in sentences if s.text not in exclude_texts]
-        log.info("data: %d sentences held out for the valence probe", before - len(sentences))
-    if d.max_examples:
-        sentences = sentences[: d.max_examples]
-    encoded = encode_sentences(
-        sentences, tokenizer, sources.load_lexicon(d.lexicon, d.lexicon_words),
-        max_len=config.model.max_len, assign=d.assign, neutral_band=d.neutral_band,
-        affect_lexicons=sources.load_affect_lexicons(d.lexicon, _token_dims(the_plan, config),
-                                                     d.lexicon_words))
-    log.info("data: %d training sentences; %s", len(sentences), encoded.stats.summary())
-    objective.check_data(the_plan, encoded.arrays, config)
-    encoded_arrays = encoded.arrays
+    sources, weights = data_sources(config, tokenizer)
+    for source in sources:
+        log.info("data: %s: %d rows (%s)", source.path, len(source),
+                 ", ".join(f"{k} {v}" for k, v in source.manifest["flags"].items()))
+    objective.check_sources(the_plan, [(s.path, s.manifest) for s in sources], config)
+    scales = None
     if d.rating_unit == "spread":
-        encoded_arrays, spreads = rating_units.in_spread_units(encoded_arrays)
+        scales = rating_units.spreads_of_manifests([s.manifest for s in sources])
         log.info("data: ratings in units of their spread (mean absolute difference on the "
-                 "[0, 1] scale): %s", ", ".join(f"{k} {v:.4f}" for k, v in spreads.items()))
+                 "[0, 1] scale): %s", ", ".join(f"{k} {v:.4f}" for k, v in scales.items()))
     masking = (MaskingConfig.from_tokenizer(tokenizer, rate=d.mlm_rate,
                                             max_predictions=d.mlm_max_predictions)
                if d.mlm_rate > 0 else None)
-    # The pipeline's inputs: what the plan reads, in the unpacked layout (it packs them itself).
+    # The pipeline's outputs: what the plan reads, in the unpacked layout (it packs them itself).
     unpacked = {v: k for k, v in objective.PACKED.items()}
     keys = {unpacked.get(k, k) for k in the_plan.batch_keys} - {
-        "valid", "mlm_input_ids", "mlm_labels", *objective.PACKING_KEYS}
+        "mlm_input_ids", "mlm_labels", *objective.PACKING_KEYS}
     if masking is not None:
         keys.add("special_tokens_mask")
-    arrays = {k: v for k, v in encoded_arrays.items() if k in keys}
+    devices = sharding.batch_size_per_axis(mesh)
     rows = None
     if d.packing:
         # Each device packs its own sentences into its own rows (no cross-device gathers).
-        devices = sharding.batch_size_per_axis(mesh)
-        rows = d.packing_rows or choose_rows(
-            packing.lengths(encoded.arrays["attention_mask"]), batch_size=config.batch_size,
-            max_len=config.model.max_len, shards=devices, seed=config.seed,
-            quantiles=tuple(d.packing_quantiles))
-    pipeline = Pipeline(arrays, global_batch_size=config.batch_size, seed=config.seed,
-                        masking=masking, prefetch=d.prefetch,
+        rows = d.packing_rows or choose_rows_from_histograms(
+            [s.manifest["length_histogram"] for s in sources], weights,
+            batch_size=config.batch_size, max_len=config.model.max_len, shards=devices,
+            seed=config.seed, quantiles=tuple(d.packing_quantiles))
+    pipeline = Pipeline(sources, weights=weights, global_batch_size=config.batch_size,
+                        seed=config.seed, max_len=config.model.max_len,
+                        pad_id=int(sources[0].manifest["pad_id"]), keys=keys, masking=masking,
+                        prefetch=d.prefetch, workers=d.workers,
                         sharding=sharding.batch_sharding(mesh), packing_rows=rows,
-                        packing_shards=sharding.batch_size_per_axis(mesh) // jax.process_count(),
-                        bucket_lengths=tuple(d.bucket_lengths))
+                        packing_shards=devices // jax.process_count(),
+                        bucket_lengths=tuple(d.bucket_lengths), rating_scales=scales)
     log.info("data: %s", pipeline.describe())
     return pipeline
-
-
-def _token_dims(the_plan: objective.Plan, config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The affect dimensions that word-level terms read (their lexicons are loaded)."""
-    return tuple(sorted({need.partition(":")[2] for _, need in the_plan.data
-                         if need.startswith("token:")}))
 
 
 def run_probe(config, pretrained, params, tokenizer, probe: ProbeSplit
@@ -225,8 +241,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str, the_plan: objective.Pl
     pretrained, tokenizer, model = setup_model(config, the_plan)
 
     probe = probe_data(config) if config.probe.enabled else None
-    held_out = set(probe.train_texts) | set(probe.test_texts) if probe else set()
-    pipeline = build_pipeline(config, tokenizer, mesh, held_out, the_plan)
+    # The probe's sentences were left out of the data when it was prepared (the manifest says
+    # which split; another split is refused).
+    pipeline = build_pipeline(config, tokenizer, mesh, the_plan)
     if chief:
         write_config(config, workdir)  # every check has passed
 

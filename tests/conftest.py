@@ -1,10 +1,16 @@
 import os
+import tempfile
 
 # Tests run on the CPU whatever is installed, with full fp32 matmuls: parity bounds are fp32 bounds.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Today's sources are prepared into a cache folder on first use (loop.data_sources): one cache
+# for the whole session, so tests that train on the same data prepare it once, and nothing is
+# written to ~/.cache.
+os.environ.setdefault("SOFTMCL_CACHE_DIR", tempfile.mkdtemp(prefix="softmcl_cache_"))
 
 import transformers  # noqa: E402  (after the environment above is set)
 

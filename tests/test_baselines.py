@@ -201,7 +201,7 @@ def test_torch_baseline_takes_the_jax_steps(preset, dropout_free_model, tmp_path
     init = jax.tree.map(np.array, jax.device_get(state.params))
     torch_dir = save_pretrained(pretrained, init["encoder"], str(tmp_path / "torch_init"),
                                 with_mlm_head=mlm_layout)
-    pipeline = loop.build_pipeline(config, tokenizer, mesh, set())
+    pipeline = loop.build_pipeline(config, tokenizer, mesh)
     keys = the_plan.batch_keys
     assert set(tt.batch_keys(config, preset)) <= set(keys)
     batches = [{k: pipeline.batch(s)[k] for k in keys} for s in range(STEPS)]

@@ -17,6 +17,7 @@ import transformers
 
 from softmcl_jax import config_check, loop, objective, sharding, train
 from softmcl_jax.data import load_vader_sentences
+from softmcl_jax.data.rows import decode_row, pad_rows
 from softmcl_jax.model import Model
 from softmcl_jax.terms import TERMS
 from tests import train_utils as tu
@@ -296,24 +297,36 @@ def _setup(config):
     the_plan = config_check.validate(config)
     pretrained, tokenizer, model = loop.setup_model(config, the_plan)
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-    pipeline = loop.build_pipeline(config, tokenizer, mesh, set(), the_plan)
+    pipeline = loop.build_pipeline(config, tokenizer, mesh, the_plan)
     return the_plan, model, mesh, pipeline
 
 
+def _all_rows(pipeline) -> dict[str, np.ndarray]:
+    """Every row of the pipeline's (one) prepared folder, padded as encode_sentences pads."""
+    (source,) = pipeline.sources
+    rows = [decode_row(b) for b in source.read(range(len(source)))]
+    return pad_rows(rows, max_len=pipeline.max_len, pad_id=pipeline.pad_id)
+
+
 def test_ratings_in_spread_units_reach_the_pipeline(tmp_path, model_dir):
-    """softmcl_vad trains on ratings over their spread: every rating array the pipeline holds is
-    the scale's divided by the brute-force mean absolute difference of its present values."""
+    """softmcl_vad trains on ratings over their spread: every rating array of a batch is the
+    scale's divided by the brute-force mean absolute difference of the training data's present
+    values (all rows of the prepared folder)."""
     spread = mix_config("vad", tmp_path, model_dir)
     assert spread.data.rating_unit == "spread"
     scale = mix_config("vad", tmp_path, model_dir)
     scale.data.rating_unit = "scale"
-    a, b = _setup(spread)[3].arrays, _setup(scale)[3].arrays
-    rated = [k for k in b if k.split("_")[0] in ("sentence", "token") and not k.endswith("mask")]
+    sp, sc = _setup(spread)[3], _setup(scale)[3]
+    every = _all_rows(sc)
+    a, b = sp.batch(0), sc.batch(0)
+    rated = [k for k in b if k.split("_")[0] in ("sentence", "token")
+             and k.partition("_")[2] in ("valence", "arousal", "dominance")]
     assert sorted(rated) == sorted(f"{level}_{d}" for level in ("sentence", "token")
                                    for d in ("valence", "arousal", "dominance"))
     for key in rated:
         present = b["token_valence_mask"] if key == "token_valence" else b[key] >= 0
-        x = b[key][present].astype(np.float64)
+        whole = every["token_valence_mask"] if key == "token_valence" else every[key] >= 0
+        x = every[key][whole].astype(np.float64)
         brute = np.abs(x[:, None] - x[None]).sum() / (len(x) * (len(x) - 1))
         np.testing.assert_allclose(a[key][present], b[key][present] / brute, rtol=1e-5)
         np.testing.assert_array_equal(a[key][~present], b[key][~present])
@@ -663,7 +676,9 @@ def test_a_term_without_its_data_is_refused(model_dir):
 
 
 def test_labels_beyond_num_labels_are_refused_with_file_and_line(model_dir, tmp_path):
-    """LCL on GoEmotions-format data with num_labels=5 used to train to NaN and exit 0."""
+    """LCL on GoEmotions-format data with num_labels=5 used to train to NaN and exit 0. The data
+    are prepared as a stream, so the first bad row stops it (the rest of a corpus is not read
+    to count the others)."""
     path = tmp_path / "go.tsv"
     path.write_text("a fine day\t1\tid0\nwhat a mess\t4\tid1\nso much joy\t17\tid2\n"
                     "meh\t27\tid3\n")
@@ -671,7 +686,7 @@ def test_labels_beyond_num_labels_are_refused_with_file_and_line(model_dir, tmp_
                                           "data.num_labels": 5}))
     config.model.name_or_path = model_dir
     with pytest.raises(ValueError, match=rf"{path}:3: label 17 does not fit "
-                                         r"config.data.num_labels=5 \(ids 0..4\); 1 more row"):
+                                         r"config.data.num_labels=5 \(ids 0..4\)"):
         _setup(config)
 
 
