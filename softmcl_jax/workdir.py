@@ -33,8 +33,9 @@ LOCK_FILE = "trainer.lock"
 # which is what extending a run means.) A prefix ending in "." covers a whole section.
 MAY_CHANGE_ON_RESUME = (
     "total_steps", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-    "async_checkpointing", "checkpoint_dir", "max_skipped_steps", "data.prefetch", "mesh.",
-    "probe.", "export.",
+    "async_checkpointing", "checkpoint_dir", "max_skipped_steps", "data.prefetch",
+    # How batches are read, not what they hold (a batch is a function of (seed, step)).
+    "data.workers", "data.cache_dir", "mesh.", "probe.", "export.",
 )
 
 
