@@ -60,7 +60,7 @@ def _may_change(field: str) -> bool:
 
 # Fields added since runs were first written, with the value that does what the code did before
 # them (a field added as an unset placeholder needs no entry: None is the old behaviour).
-ADDED_FIELDS = {"data.rating_unit": "scale"}
+ADDED_FIELDS = {"data.rating_unit": "scale", "data.mixture": []}
 
 
 def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ from safetensors.numpy import load_file
 
 from softmcl_jax import loop, train
 from softmcl_jax.checkpoint import Checkpointer
-from softmcl_jax.data.pipeline import Pipeline
+from softmcl_jax.data.pipeline import _BatchMaker
 from softmcl_jax.workdir import LOCK_FILE
 from tests import train_utils as tu
 from tests.test_objective import TINY, preset
@@ -98,9 +98,14 @@ def test_divergence_stops_the_run_with_the_step_and_each_term(model_dir, tmp_pat
 
 @pytest.mark.slow
 def test_skipping_bad_steps_counts_and_reports_them(model_dir, tmp_path, monkeypatch, caplog):
-    original = Pipeline.batch
-    monkeypatch.setattr(Pipeline, "batch", lambda self, s: _poison(original(self, s))
-                        if s == 2 else original(self, s))
+    # Where every batch is made, for Pipeline.batch and Grain's iteration alike.
+    original = _BatchMaker.make
+
+    def make(self, step):
+        batch, overflowed = original(self, step)
+        return (_poison(batch) if step == 2 else batch), overflowed
+
+    monkeypatch.setattr(_BatchMaker, "make", make)
     config = preset("softmcl", **dict(TINY, total_steps=6, log_every_steps=1,
                                       checkpoint_every_steps=4, async_checkpointing=False))
     config.model.name_or_path = model_dir
@@ -155,6 +160,10 @@ def test_a_field_added_since_the_run_started_at_its_old_behaviour_is_no_change()
     assert config_differences(before, {"data": {"source": "vader", "rating_unit": "scale"}}) == []
     assert config_differences(before, {"data": {"source": "vader", "rating_unit": "spread"}}
                               ) == ['data.rating_unit: (absent) -> "spread"']
+    # data.mixture came with prepared folders: () is the one source every earlier run read.
+    assert config_differences(before, {"data": {"source": "vader", "mixture": []}}) == []
+    assert config_differences(before, {"data": {"source": "vader", "mixture": [["d", 1.0]]}}
+                              ) == ['data.mixture: (absent) -> [["d", 1.0]]']
 
 
 # ----------------------------------------------------------------------------- checkpoints
