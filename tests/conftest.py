@@ -12,6 +12,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # written to ~/.cache.
 os.environ.setdefault("SOFTMCL_CACHE_DIR", tempfile.mkdtemp(prefix="softmcl_cache_"))
 
+# JAX's persistent compilation cache, one per session, every program however fast it compiles:
+# many tests (in this process and in the main.py subprocesses, which inherit the environment)
+# compile the same tiny steps again and again; a cached executable is the same code, so results
+# stay bit for bit what a fresh compile gives.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="softmcl_jax_cc_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 import transformers  # noqa: E402  (after the environment above is set)
 
 # Tests print the differences they measure (`pytest -s`); keep the reference library's progress
