@@ -201,12 +201,15 @@ class _BatchMaker:
     def read_rows(self, source: np.ndarray, row: np.ndarray,
                   lens: np.ndarray | None) -> list[rows_lib.Row]:
         """The decoded rows of one block of slots (one ``read`` per source present)."""
-        blobs: list[bytes | None] = [None] * len(row)
+        decoded: list[rows_lib.Row | None] = [None] * len(row)
         for k in np.unique(source).tolist():
             at = np.flatnonzero(source == k)
-            for i, blob in zip(at.tolist(), self.sources[k].read(row[at]), strict=True):
-                blobs[i] = blob
-        decoded = [rows_lib.decode_row(b) for b in blobs]  # type: ignore[arg-type]
+            src = self.sources[k]
+            # A prepared folder decodes (and checks) each row once; other sources give bytes.
+            got = (src.read_rows(row[at]) if hasattr(src, "read_rows")
+                   else [rows_lib.decode_row(b) for b in src.read(row[at])])
+            for i, r in zip(at.tolist(), got, strict=True):
+                decoded[i] = r
         if lens is not None:  # the lengths the batch was packed by must be the rows' own
             for i, r in enumerate(decoded):
                 if len(r.input_ids) != lens[i]:

@@ -277,9 +277,7 @@ class PreparedSource:
         return PreparedError(file, f"row {row} (row {index} of {self.path}): {why}; the folder "
                                    "is damaged: prepare it again")
 
-    def read(self, indices: Sequence[int]) -> list[bytes]:
-        """The encoded rows at ``indices`` (global row numbers, any order, repeats allowed),
-        each checked with ``rows.decode_row``."""
+    def _fetch(self, indices: Sequence[int]) -> tuple[list[int], list[bytes]]:
         indices = [int(i) for i in indices]
         for i in indices:
             if not 0 <= i < self._rows:
@@ -290,11 +288,26 @@ class PreparedSource:
         except RuntimeError:
             # The batch read names no record: read them one by one to name the bad one.
             blobs = [self._read_one(source, i) for i in indices]
+        return indices, blobs
+
+    def _decode(self, indices: list[int], blobs: list[bytes]) -> list[rows_lib.Row]:
+        out = []
         for i, blob in zip(indices, blobs, strict=True):
             try:
-                rows_lib.decode_row(blob)
+                out.append(rows_lib.decode_row(blob))
             except RowError as e:
                 raise self._bad(i, f"not a row ({e})") from None
+        return out
+
+    def read_rows(self, indices: Sequence[int]) -> list[rows_lib.Row]:
+        """The decoded rows at ``indices`` (global row numbers, any order, repeats allowed): a
+        record that is not a row is a ``PreparedError`` naming its shard and row."""
+        return self._decode(*self._fetch(indices))
+
+    def read(self, indices: Sequence[int]) -> list[bytes]:
+        """The encoded rows at ``indices``, each checked as :meth:`read_rows` checks it."""
+        indices, blobs = self._fetch(indices)
+        self._decode(indices, blobs)
         return blobs
 
     def _read_one(self, source, index: int) -> bytes:
