@@ -25,3 +25,26 @@ import transformers  # noqa: E402  (after the environment above is set)
 # bars and load reports out of that output.
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """The tiny random BERT with MiniLM's tokenizer (tests/train_utils.py), once a session."""
+    from tests import train_utils
+
+    return train_utils.tiny_model_dir(str(tmp_path_factory.mktemp("tiny_bert_session")))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model, tmp_path_factory) -> tuple[str, str]:
+    """(workdir, model dir) of one finished tiny SimCSE run (``train_utils.TINY_RUN``): 3 steps,
+    checkpoints 2 and 3, the export in WORKDIR/export. Shared by the failure tests: copy it
+    (``shutil.copytree``) before changing anything in it."""
+    from tests import train_utils
+
+    workdir = str(tmp_path_factory.mktemp("tiny_run") / "workdir")
+    train_utils.run_main("simcse.py", workdir, tiny_model, **train_utils.TINY_RUN)
+    return workdir, tiny_model

@@ -86,3 +86,42 @@ def run_main(config: str, workdir: str, model_dir: str, devices: int = 1, **fiel
 def read_metrics(workdir: str) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def tree_hashes(folder: str) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder`` (folders as ``"dir"``), to show
+    that a refused command changed nothing the user had."""
+    import hashlib
+
+    out: dict[str, str] = {}
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(root, d), folder)] = "dir"
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def run_command(argv: list[str], devices: int = 1, timeout: int = 600
+                ) -> subprocess.CompletedProcess:
+    """``argv`` (e.g. ``[sys.executable, "-m", "softmcl_jax.export", ...]``) run from the repo
+    root in the tests' environment; the caller checks the exit status."""
+    return subprocess.run(argv, env=env(devices), capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The error a refused command printed: exit status 1, no traceback; its last line."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines, proc.stdout[-2000:]
+    return lines[-1]
+
+
+# The shared tiny run of the failure tests (tests/conftest.py's ``tiny_run``): SimCSE for 3 steps,
+# checkpoints 2 and 3, exported to WORKDIR/export.
+TINY_RUN = dict(TINY, total_steps=3, checkpoint_every_steps=2, keep_checkpoints=3,
+                data__max_examples=32)
