@@ -9,7 +9,8 @@ Shared behaviour, so that no reader drops anything silently:
   counted, logged, and each reader logs its count at the end.
   Problems with the file as a whole (missing file, empty file, a header without a needed column)
   always raise: skipping them would skip everything.
-* Bad rows are: a wrong number of columns, an empty line, an empty text, a valence (arousal,
+* Bad rows are: a wrong number of columns, an empty line, an empty text (no printable
+  character: see :func:`printable`), a valence (arousal,
   dominance) that is not a number or lies outside the scale the caller states, an unknown label
   id, a line that is not valid UTF-8 (files are read as bytes and decoded line by line so that
   the line is known), and, in lexicons, a word listed twice with different values (twice with
@@ -34,6 +35,7 @@ import logging
 import math
 import numbers
 import os
+import unicodedata
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -264,6 +266,56 @@ def _label_ids(
     return _label_id(raw, num_labels, path, line), ()
 
 
+# Unicode general categories of the characters that are text by themselves: letters,
+# numbers, punctuation and symbols (emoji are symbols, So). Not: separators (Z*: spaces, line and
+# paragraph separators), controls (Cc), format characters (Cf: zero-width spaces and joiners,
+# the BOM, bidi marks, soft hyphens), surrogates, private use and unassigned code points (Cs,
+# Co, Cn: no agreed glyph), and marks (M*), which draw on a base character and are nothing
+# without one. A text of only those trains as a row of special tokens alone: a BERT tokenizer
+# deletes controls, format, private-use and unassigned characters and the replacement
+# character, splits on separators, and an uncased one strips combining marks.
+_PRINTABLE_CATEGORIES = frozenset("LNPS")
+# U+FFFD stands for bytes a decoder could not read: a symbol by category, but no text, and
+# tokenizers delete it.
+_REPLACEMENT = "\ufffd"
+
+
+def printable(char: str) -> bool:
+    """Whether ``char`` is text by itself: a letter, number, punctuation or symbol (emoji
+    included); whitespace, control, format (zero-width), private-use and unassigned
+    characters, combining marks (text only on a base character) and U+FFFD are not."""
+    return char != _REPLACEMENT and unicodedata.category(char)[0] in _PRINTABLE_CATEGORIES
+
+
+# What Unicode calls the characters unicodedata.name has no name for.
+_UNNAMED = {"Cc": "<control>", "Cs": "<surrogate>", "Co": "<private use>",
+            "Cn": "<unassigned>"}
+
+
+def _char_names(text: str, most: int = 4) -> str:
+    """``U+200B ZERO WIDTH SPACE, U+0007 <control>`` for the distinct characters of ``text``
+    in order of first appearance, at most ``most`` of them."""
+    chars = list(dict.fromkeys(text))
+    named = [f"U+{ord(c):04X} "
+             + unicodedata.name(c, _UNNAMED.get(unicodedata.category(c), "<unnamed>"))
+             for c in chars[:most]]
+    more = f" and {len(chars) - most} more" if len(chars) > most else ""
+    return ", ".join(named) + more
+
+
+def empty_text(text: str, what: str = "text") -> str | None:
+    """Why ``text`` is empty (the bad row's message, ``empty {what}...``), or None if it has a
+    printable character (:func:`printable`). A blank text is ``empty text``; one of invisible
+    characters names them, since the file shows nothing to find."""
+    if not text.strip():
+        return f"empty {what}"
+    if any(printable(c) for c in text):
+        return None
+    if all(unicodedata.category(c)[0] in "CZ" for c in text):
+        return f"empty {what} (only invisible characters: {_char_names(text)})"
+    return f"empty {what} (no printable character, only {_char_names(text)})"
+
+
 def _text(raw: Any, path: str, line: int) -> str:
     if isinstance(raw, bytes):  # tensorflow-datasets gives bytes
         try:
@@ -272,8 +324,9 @@ def _text(raw: Any, path: str, line: int) -> str:
             raise _utf8_error(path, line, raw, e) from None
     if not isinstance(raw, str):
         raise DataError(path, line, f"text is not a string: {raw!r}")
-    if not raw.strip():
-        raise DataError(path, line, "empty text")
+    why = empty_text(raw)
+    if why is not None:
+        raise DataError(path, line, why)
     return raw
 
 
@@ -715,7 +768,9 @@ def iter_text(
     Format: UTF-8 (``.gz`` decompressed), no header, each line one sentence, kept as written
     (without its line end): the simplest large unrated corpus. A blank or whitespace-only line
     is a bad row (``empty line``), so a corpus with blank separator lines needs
-    ``on_bad_row="skip"``, which counts them. ``split`` is stored in each record.
+    ``on_bad_row="skip"``, which counts them; so is a line without a printable character
+    (``empty text (only invisible characters: ...)``, :func:`printable`). ``split`` is stored
+    in each record.
     """
     path, bad = str(path), _policy(on_bad_row)
 
@@ -724,6 +779,10 @@ def iter_text(
         for line, text in _lines(path, bad):
             if not text.strip():
                 bad.handle(DataError(path, line, "empty line"))
+                continue
+            why = empty_text(text)
+            if why is not None:
+                bad.handle(DataError(path, line, why))
                 continue
             count += 1
             yield Sentence(text, split=split, where=f"{path}:{line}")
@@ -773,8 +832,9 @@ def read_semeval14(path: PathLike, *, on_bad_row: OnBadRow = "raise") -> list[As
             if sentence.count("$T$") != 1:
                 raise DataError(path, start, f"the sentence has {sentence.count('$T$')} '$T$' "
                                              f"placeholders, expected 1")
-            if not aspect.strip():
-                raise DataError(path, start + 1, "empty aspect term")
+            why = empty_text(aspect, "aspect term")
+            if why is not None:
+                raise DataError(path, start + 1, why)
             if polarity.strip() not in ("-1", "0", "1"):
                 raise DataError(path, start + 2, f"polarity {polarity!r} is not -1, 0 or 1")
             text = sentence.replace("$T$", aspect.strip())
