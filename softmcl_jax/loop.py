@@ -42,7 +42,19 @@ from softmcl_jax.export_format import EXPORT_DIR, write_export, write_run_info
 from softmcl_jax.metrics import MetricWriter, ProgressBar
 from softmcl_jax.models import DTYPES, from_pretrained
 from softmcl_jax.models.hf import resolve_name
-from softmcl_jax.workdir import WorkdirLock, check_config, write_config
+from softmcl_jax.workdir import (
+    WorkdirLock,
+    check_checkpoint_dir,
+    check_config,
+    check_inputs,
+    checkpoint_directory,
+    has_progress,
+    inputs_fingerprint,
+    probe_fingerprint,
+    tokenizer_fingerprint,
+    write_config,
+    write_inputs,
+)
 
 # What the end-of-run probe measures, in the run info and the model card.
 PROBE_KEYS = ("probe_before", "probe_after", "probe_similarity_kept")
@@ -63,8 +75,7 @@ def setup_model(config: ml_collections.ConfigDict, the_plan: objective.Plan | No
 
 
 def checkpointer(config: ml_collections.ConfigDict, workdir: str) -> Checkpointer:
-    directory = config.checkpoint_dir or os.path.join(os.path.abspath(workdir), "checkpoints")
-    return Checkpointer(directory,
+    return Checkpointer(checkpoint_directory(config.checkpoint_dir, workdir),
                         every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
                         async_save=config.async_checkpointing)
 
@@ -113,6 +124,17 @@ def data_sources(config: ml_collections.ConfigDict, tokenizer
         prepared.check_compatible(source.manifest, expected, path)
         sources.append(source)
     return sources, [w for _, w in entries]
+
+
+def run_inputs(config: ml_collections.ConfigDict, tokenizer, sources: list[PreparedSource],
+               probe: ProbeSplit | None) -> dict[str, Any]:
+    """What the run computes from besides its config (``workdir.inputs_fingerprint``): the
+    tokenizer, the probe's held-out texts (recorded here even where no folder records them) and
+    each prepared folder's manifest."""
+    return inputs_fingerprint(
+        tokenizer_fingerprint(config.model.name_or_path, prepared.vocab_hash(tokenizer)),
+        probe_fingerprint(probe.train_texts, probe.test_texts) if probe is not None else None,
+        [s.manifest for s in sources])
 
 
 def build_pipeline(config, tokenizer, mesh, the_plan: objective.Plan | None = None) -> Pipeline:
@@ -221,7 +243,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train the objective of ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
     Refused before anything is written: an invalid config, a workdir held by another trainer,
-    a workdir holding a run with another config. Raises ``Diverged`` when a step is not finite.
+    a workdir holding a run with another config, a ``checkpoint_dir`` moved away from the run's
+    checkpoints, a run resumed on other data, tokenizer or probe split than it was trained on.
+    Raises ``Diverged`` when a step is not finite.
     """
     the_plan = config_check.validate(config)  # before anything is loaded or written
     log.info("%s", the_plan.describe())
@@ -231,6 +255,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         if chief:
             stack.enter_context(WorkdirLock(workdir))
         check_config(config, workdir)
+        check_checkpoint_dir(config, workdir)
         return _run(config, workdir, the_plan, chief)
 
 
@@ -244,8 +269,15 @@ def _run(config: ml_collections.ConfigDict, workdir: str, the_plan: objective.Pl
     # The probe's sentences were left out of the data when it was prepared (the manifest says
     # which split; another split is refused).
     pipeline = build_pipeline(config, tokenizer, mesh, the_plan)
-    if chief:
-        write_config(config, workdir)  # every check has passed
+    # The config alone does not say what the steps so far were computed from: a data file
+    # rewritten under the same path, another tokenizer under the same name.
+    inputs = run_inputs(config, tokenizer, pipeline.sources, probe)
+    check_inputs(inputs, workdir,
+                 resuming=has_progress(workdir, checkpoint_directory(config.checkpoint_dir,
+                                                                     workdir)))
+    if chief:  # every check has passed
+        write_inputs(inputs, workdir)
+        write_config(config, workdir)
 
     init, abstract, shardings, step_fn = train.setup_step(model, config, mesh, the_plan)
     ckpt = checkpointer(config, workdir)
