@@ -11,6 +11,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from softmcl_jax import cli_config
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "workdir",
@@ -52,4 +54,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    # A bad config file or override is one line and exit status 1, before JAX is imported.
+    app.run(main, flags_parser=cli_config.parse_flags)

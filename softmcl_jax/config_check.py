@@ -1,14 +1,17 @@
-"""``validate(config)``: every check that needs only the config, and the manifests of the
-prepared folders it names, before anything is loaded or written. Each message names the
-``config.`` field. A term's data are checked here against the manifests of ``data.mixture`` or
-of ``data.source="prepared"`` (``objective.check_sources``); a source that is prepared on first
-use is checked once prepared, and labels against ``data.num_labels`` when the rows are read
+"""``validate(config)``: every check that needs only the config, the manifests of the prepared
+folders it names and the model folder's config.json (``model.max_len`` against the position
+table), before anything is loaded or written. Each message names the ``config.`` field. The
+objective is refused where a term's gradient reaches no online pass (``Plan.untrained``). A
+term's data are checked here against the manifests of ``data.mixture`` or of
+``data.source="prepared"`` (``objective.check_sources``); a source that is prepared on first use
+is checked once prepared, and labels against ``data.num_labels`` when the rows are read
 (``data.sources.check_labels``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from numbers import Real
 from typing import Any
@@ -16,10 +19,11 @@ from typing import Any
 import ml_collections
 
 from softmcl_jax import objective
+from softmcl_jax.cli_config import check_finite
 from softmcl_jax.data import prepared
 from softmcl_jax.data.rating_units import RATING_UNITS
 from softmcl_jax.data.sources import SOURCES
-from softmcl_jax.models import DTYPES
+from softmcl_jax.models import DTYPES, hf
 from softmcl_jax.models.heads import POOLINGS
 
 
@@ -62,9 +66,56 @@ def _manifest(path: str, field: str) -> Mapping[str, Any]:
         raise ValueError(f"{field}: {e}") from e
 
 
+def _check_max_len(name_or_path: str, max_len: int) -> None:
+    """Refuse a ``model.max_len`` beyond the encoder's position table (``hf.max_positions``),
+    read from the model folder's config.json: past it the positions index outside the table and
+    the first loss is NaN. A hub id is checked when the model is built (``Pretrained``)."""
+    try:
+        folder = hf.local_folder(hf.resolve_name(name_or_path))
+        if folder is None:
+            return
+        hf_config = hf.load_config(folder)
+    except hf.CheckpointError as e:  # no such folder, no or a bad config.json: before any write
+        raise hf.CheckpointError(f"config.model.name_or_path={name_or_path!r}: {e}") from e
+    limit = hf.max_positions(hf_config)
+    if limit is not None and max_len > limit:
+        raise ValueError(
+            f"config.model.max_len={max_len} is above the {limit} positions of the encoder's "
+            f"position table ({hf.positions_note(hf_config)} in "
+            f"{os.path.join(folder, hf.CONFIG_FILE)}): set config.model.max_len <= {limit}")
+
+
+def _check_gradients(the_plan: objective.Plan, config: ml_collections.ConfigDict) -> None:
+    """Refuse the terms from which no gradient reaches the online parameters
+    (``Plan.untrained``), naming each with its passes: such a term only adds a constant, and an
+    objective of such terms trains nothing while every step reports grad_norm 0."""
+    dead = the_plan.untrained()
+    if not dead:
+        return
+    grads = dict(the_plan.grads)
+    parts = []
+    for term in dead:
+        knobs = config.objective[term]
+        named = [k for k in objective.PASS_KNOBS if k in knobs]
+        through = {f.rsplit(".", 1)[1] for f, _ in grads[term]}
+        fixed = [k for k in named if k not in through]
+        note = (f" ({' and '.join(fixed)}: a fixed target, no gradient flows through it)"
+                if fixed else "")
+        passes = ", ".join(f"{k}={knobs[k]!r}" for k in named)
+        parts.append(f"config.objective.{term}" + (f": {passes}{note}" if named else ""))
+    raise ValueError(
+        f"{'; '.join(parts)}: no gradient reaches the online encoder (only online/* passes "
+        "train; the ema and frozen copies, heads included, are constants of the step). Read an "
+        f"online pass there (e.g. 'online/clean'), or set the weight of "
+        f"{' and '.join(f'config.objective.{t}' for t in dead)} to 0")
+
+
 def validate(config: ml_collections.ConfigDict) -> objective.Plan:
     """Check ``config``; returns its objective plan. Raises ``ValueError`` naming the field."""
     c = config
+    # nan passes every comparison below (nan > 0 is False, but so is nan < 0); the mixture's
+    # weights are checked with its entries.
+    check_finite(c, skip=("data.mixture",))
     for field in ("total_steps", "batch_size", "log_every_steps", "checkpoint_every_steps",
                   "keep_checkpoints"):
         _require(c[field] > 0, field, c[field], "must be > 0")
@@ -82,14 +133,12 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
              "must be >= 1")
     for b in ("b1", "b2"):
         _require(0 <= o[b] < 1, f"optimizer.{b}", o[b], "must be in [0, 1)")
-    for field, value in o.items():
-        if isinstance(value, float):
-            _require(math.isfinite(value), f"optimizer.{field}", value, "must be finite")
 
     m = c.model
     _require(m.dtype in DTYPES, "model.dtype", m.dtype, f"is not one of {sorted(DTYPES)}")
     _require(m.pooling in POOLINGS, "model.pooling", m.pooling, f"is not one of {POOLINGS}")
     _require(m.max_len >= 2, "model.max_len", m.max_len, "must be >= 2 (special tokens)")
+    _check_max_len(m.name_or_path, m.max_len)
     _require(c.head.dim >= 1, "head.dim", c.head.dim, "must be >= 1")
     _require(0 <= c.momentum.decay < 1, "momentum.decay", c.momentum.decay, "must be in [0, 1)")
 
@@ -133,6 +182,7 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
         _require(low < high, "data.scale_low", low, f"must be < config.data.scale_high={high}")
 
     the_plan = objective.plan(c)
+    _check_gradients(the_plan, c)
     for term, need in the_plan.data:
         if need == "mlm":
             _require(d.mlm_rate > 0, "data.mlm_rate", d.mlm_rate,

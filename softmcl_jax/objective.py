@@ -94,10 +94,20 @@ class Plan:
     queues: tuple[QueueSpec, ...]
     batch_keys: tuple[str, ...]  # the arrays of a step's batch
     data: tuple[tuple[str, str], ...]  # (term, requirement): check_sources, check_data
+    # (term, ((config field, pass), ...)): the passes each term's loss is differentiated
+    # through (terms.Needs.grads), with the field that names each.
+    grads: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     @property
     def terms(self) -> tuple[str, ...]:
         return tuple(t for t, _ in self.weights)
+
+    def untrained(self) -> tuple[str, ...]:
+        """The terms whose loss reaches no trained parameter: none of the passes it is
+        differentiated through is an online one (the EMA and frozen copies, heads included,
+        are constants of the step), so the term adds a constant to the loss."""
+        return tuple(t for t, refs in self.grads
+                     if not any(ref.split("/")[0] == "online" for _, ref in refs))
 
     def describe(self) -> str:
         """The one start-up log line."""
@@ -146,13 +156,13 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
     heads: dict[str, str] = {}
     head_owner: dict[str, str] = {}
     batch = set(ALWAYS)
-    queues, data, mlm_logits = [], [], False
+    queues, data, grads, mlm_logits = [], [], [], False
     for name, _ in weights:
         knobs = objective[name]
         needs = TERMS[name].needs(name, knobs, config)
+        grads.append((name, tuple((_pass_field(name, knobs, ref), ref) for ref in needs.grads)))
         for ref in needs.passes:
-            field = next((f"config.objective.{name}.{k}" for k in ("query", "key", "of", "to")
-                          if knobs.get(k) == ref), f"config.objective.{name}")
+            field = _pass_field(name, knobs, ref)
             copy, inp, view = parse_pass(ref, field)
             if copy == "frozen" and needs.heads:
                 raise ValueError(f"{field}={ref!r}: the frozen copy has no heads; read it "
@@ -182,7 +192,16 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
                 heads=tuple(sorted(heads.items())),
                 ema=any(p.copy == "ema" for p in passes),
                 frozen=any(p.copy == "frozen" for p in passes), queues=tuple(queues),
-                batch_keys=tuple(sorted(batch)), data=tuple(data))
+                batch_keys=tuple(sorted(batch)), data=tuple(data), grads=tuple(grads))
+
+
+PASS_KNOBS = ("query", "key", "of", "to")  # the knobs of a term that name encoder passes
+
+
+def _pass_field(name: str, knobs: ml_collections.ConfigDict, ref: str) -> str:
+    """The config field that names the pass ``ref`` of term ``name``."""
+    return next((f"config.objective.{name}.{k}" for k in PASS_KNOBS if knobs.get(k) == ref),
+                f"config.objective.{name}")
 
 
 def _queue_spec(name: str, q: QueueNeed) -> QueueSpec:

@@ -2,10 +2,11 @@
 
 A term is two functions of its knobs (``config.objective.<name>``):
 
-* ``needs(name, knobs, config) -> Needs``: the encoder passes it reads, the heads (name and
-  kind), the batch arrays, the queue it keeps, and what the data must provide. It raises
-  ``ValueError`` naming the ``config.`` field for knobs it cannot use. ``objective.plan`` unions
-  these over the active terms; nothing else decides what a run builds.
+* ``needs(name, knobs, config) -> Needs``: the encoder passes it reads (and those its loss is
+  differentiated through), the heads (name and kind), the batch arrays, the queue it keeps, and
+  what the data must provide. It raises ``ValueError`` naming the ``config.`` field for knobs it
+  cannot use. ``objective.plan`` unions these over the active terms; nothing else decides what a
+  run builds.
 * ``loss(ctx, knobs) -> TermOut``: the unweighted value, extra metrics, the ``(keys, values,
   valid)`` to write into its queue after the update (None without a queue), and the batch rows
   the value read (``rows``, logged as ``rows/<term>``; a queue's ``valid`` keys come from those
@@ -50,6 +51,12 @@ class QueueNeed:
 @dataclasses.dataclass(frozen=True)
 class Needs:
     passes: tuple[str, ...] = ()  # pass references, "<copy>/<input>[/<view>]"
+    # The passes the loss is differentiated through (a subset of ``passes``): those not given
+    # to stop_gradient by the loss. Only an online pass among them trains anything (the
+    # Context gives the EMA and frozen copies, heads included, to stop_gradient), so
+    # config_check.validate refuses a term with none: it would train nothing. A new term must
+    # list them; empty means no gradient at all.
+    grads: tuple[str, ...] = ()
     heads: tuple[tuple[str, str], ...] = ()  # (head name, kind)
     batch: tuple[str, ...] = ()  # batch arrays read besides input_ids/attention_mask/valid
     queue: QueueNeed | None = None
@@ -130,8 +137,8 @@ def _queue_args(ctx: Any, name: str, values_key: str | None = None) -> dict[str,
 
 
 def _mlm_needs(name, knobs, config) -> Needs:
-    return Needs(passes=("online/masked",), batch=("mlm_input_ids", "mlm_labels"),
-                 data=("mlm",), mlm_logits=True)
+    return Needs(passes=("online/masked",), grads=("online/masked",),
+                 batch=("mlm_input_ids", "mlm_labels"), data=("mlm",), mlm_logits=True)
 
 
 def _mlm_loss(ctx, knobs) -> TermOut:
@@ -157,7 +164,9 @@ def _soft_needs(name, knobs, config, *, word: bool) -> Needs:
     else:
         batch = tuple(f"sentence_{d}" for d in dims)
     level = "token" if word else "sentence"
-    return Needs(passes=(knobs.query, knobs.key), heads=_head(name, knobs), batch=batch,
+    # The keys are targets (stop_gradient in the loss), whatever copy they come from.
+    return Needs(passes=(knobs.query, knobs.key), grads=(knobs.query,),
+                 heads=_head(name, knobs), batch=batch,
                  queue=_queue(name, knobs, per_step, (len(dims),), "float32"),
                  data=tuple(f"{level}:{d}" for d in dims))
 
@@ -235,7 +244,9 @@ def _contrast_needs(name, knobs, config) -> Needs:
                              "'temperature'")
         if knobs.strength < 0:
             raise ValueError(f"{_field(name, 'strength')}={knobs.strength} must be >= 0")
-    return Needs(passes=(knobs.query, knobs.key), heads=_head(name, knobs),
+    # An online key is differentiated through too (_pair), like SimCSE's second view.
+    return Needs(passes=(knobs.query, knobs.key), grads=(knobs.query, knobs.key),
+                 heads=_head(name, knobs),
                  queue=_queue(name, knobs, config.batch_size, (), "float32"))
 
 
@@ -275,8 +286,8 @@ def _labelled(ctx) -> tuple[jax.Array, jax.Array]:
 
 def _supcon_needs(name, knobs, config) -> Needs:
     _positive(name, knobs, "temperature")
-    return Needs(passes=(knobs.of,), heads=_head(name, knobs), batch=("labels",),
-                 data=("labels",))
+    return Needs(passes=(knobs.of,), grads=(knobs.of,), heads=_head(name, knobs),
+                 batch=("labels",), data=("labels",))
 
 
 def _supcon_loss(ctx, knobs) -> TermOut:
@@ -293,7 +304,8 @@ def _vsp_needs(name, knobs, config) -> Needs:
     if knobs.of == knobs.to:
         raise ValueError(f"{_field(name, 'to')}={knobs.to!r} is the same pass as "
                          f"{_field(name, 'of')}: nothing to preserve against")
-    return Needs(passes=(knobs.of, knobs.to))
+    # `to` is the fixed reference (stop_gradient in the loss), even an online one.
+    return Needs(passes=(knobs.of, knobs.to), grads=(knobs.of,))
 
 
 def _vsp_loss(ctx, knobs) -> TermOut:
@@ -333,8 +345,9 @@ def _lcl_needs(name, knobs, config) -> Needs:
     if not knobs.weighting_head:
         raise ValueError(f"{_field(name, 'weighting_head')} is empty: LCL weighs negatives by "
                          "a head's class probabilities")
-    return Needs(passes=(knobs.of,), heads=((knobs.weighting_head, "weighting"),),
-                 batch=("labels",), data=("labels",))
+    return Needs(passes=(knobs.of,), grads=(knobs.of,),
+                 heads=((knobs.weighting_head, "weighting"),), batch=("labels",),
+                 data=("labels",))
 
 
 def _lcl_loss(ctx, knobs) -> TermOut:
@@ -354,8 +367,8 @@ def _ce_needs(kind: str):
         _classes(name, config)
         if not knobs.head:
             raise ValueError(f"{_field(name, 'head')} is empty: a cross-entropy needs a head")
-        return Needs(passes=(knobs.of,), heads=((knobs.head, kind),), batch=("labels",),
-                     data=("labels",))
+        return Needs(passes=(knobs.of,), grads=(knobs.of,), heads=((knobs.head, kind),),
+                     batch=("labels",), data=("labels",))
     return needs
 
 

@@ -769,7 +769,10 @@ def _main(argv: list[str], config_flag, out_flag, workers_flag, chunk_flag, shar
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    from softmcl_jax.cli_config import check_finite
+
     try:
+        check_finite(config_flag.value)
         manifest = prepare(config_flag.value, out_flag.value, workers=workers_flag.value,
                            chunk_rows=chunk_flag.value, shard_rows=shard_flag.value)
     except (DataError, PreparedError, CheckpointError, ValueError, OSError) as e:
@@ -785,6 +788,8 @@ def cli() -> None:
     from absl import app, flags
     from ml_collections import config_flags
 
+    from softmcl_jax.cli_config import parse_flags
+
     config_flag = config_flags.DEFINE_config_file(
         "config", None, "Training configuration file (its data, model and probe sections).",
         lock_config=True)
@@ -793,9 +798,10 @@ def cli() -> None:
     chunk_flag = flags.DEFINE_integer("chunk_rows", 4096, "Sentences encoded at a time.")
     shard_flag = flags.DEFINE_integer("shard_rows", 262144, "Rows per shard.")
     flags.mark_flags_as_required(["config", "out"])
+    # A bad config file or override is one line and exit status 1 (softmcl_jax.cli_config).
     app.run(functools.partial(_main, config_flag=config_flag, out_flag=out_flag,
                               workers_flag=workers_flag, chunk_flag=chunk_flag,
-                              shard_flag=shard_flag))
+                              shard_flag=shard_flag), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,8 @@ class Pretrained:
 
     def _apply(self, params, input_ids, attention_mask, token_type_ids, train, rngs, mlm,
                mlm_positions=None, segment_ids=None):
+        if segment_ids is None:  # packed rows restart positions at each segment
+            check_length(self.config, input_ids.shape[1], "the input")
         kw = {} if mlm_positions is None else {"mlm_positions": mlm_positions}
         if segment_ids is not None:
             kw["segment_ids"] = segment_ids
@@ -154,6 +156,49 @@ class Pretrained:
         """All outputs at once: last_hidden_state, logits (and pooler_output where there is one)."""
         return self._apply(params, input_ids, attention_mask, token_type_ids, train, rngs, True,
                            segment_ids=segment_ids)
+
+
+# --- the position table ----------------------------------------------------------------------
+
+def max_positions(hf_config: Any) -> int | None:
+    """The most tokens a row may hold before positions run off the encoder's table; None where
+    nothing limits it.
+
+    Beyond the table, position ids index past the embedding (a gather that fills NaN), so a
+    longer input is no error until the loss turns non-finite. BERT and ELECTRA number positions
+    0..L-1; RoBERTa numbers them from ``pad_token_id + 1``, so ``pad_token_id + 1`` entries of
+    its table are never a token's. DeBERTa's absolute positions (``position_biased_input``)
+    number 0..L-1; its relative attention clips distances to its span
+    (``deberta_v2.disentangled_bias``), so without absolute positions any length runs.
+    """
+    table = getattr(hf_config, "max_position_embeddings", None)
+    if table is None:
+        return None
+    model_type = getattr(hf_config, "model_type", None)
+    if model_type == "roberta":
+        pad = getattr(hf_config, "pad_token_id", None)
+        return table - ((pad if pad is not None else 0) + 1)
+    if model_type == "deberta-v2" and not getattr(hf_config, "position_biased_input", True):
+        return None
+    return table
+
+
+def positions_note(hf_config: Any) -> str:
+    """Where :func:`max_positions` comes from, in the config's own words."""
+    table = getattr(hf_config, "max_position_embeddings", None)
+    if getattr(hf_config, "model_type", None) == "roberta":
+        pad = getattr(hf_config, "pad_token_id", None)
+        return (f"max_position_embeddings={table} less the pad_token_id + 1 = "
+                f"{(pad if pad is not None else 0) + 1} entries RoBERTa's positions start after")
+    return f"max_position_embeddings={table}"
+
+
+def check_length(hf_config: Any, length: int, what: str) -> None:
+    """``ValueError`` if ``length`` tokens run off the position table (:func:`max_positions`)."""
+    limit = max_positions(hf_config)
+    if limit is not None and length > limit:
+        raise ValueError(f"{what}: {length} tokens, but the encoder's position table holds "
+                         f"{limit} ({positions_note(hf_config)})")
 
 
 # --- the naming rule -------------------------------------------------------------------------
@@ -192,13 +237,22 @@ def resolve_name(name_or_path: str) -> str:
     return name_or_path
 
 
-def _resolve(path_or_hub_id: str) -> str:
-    """A local folder as is; anything else is a hub id, fetched through huggingface_hub."""
+def local_folder(path_or_hub_id: str) -> str | None:
+    """The local checkpoint folder ``path_or_hub_id`` names; None for a hub id. A path that
+    names no folder is a ``CheckpointError``."""
     if os.path.isdir(path_or_hub_id):
         return path_or_hub_id
     looks_local = path_or_hub_id.startswith((".", "/", "~")) or path_or_hub_id.count("/") > 1
     if looks_local or os.path.exists(path_or_hub_id):
         raise CheckpointError(f"{path_or_hub_id}: no such checkpoint folder")
+    return None
+
+
+def _resolve(path_or_hub_id: str) -> str:
+    """A local folder as is; anything else is a hub id, fetched through huggingface_hub."""
+    folder = local_folder(path_or_hub_id)
+    if folder is not None:
+        return folder
     import huggingface_hub  # deferred: only hub ids need it
 
     try:
