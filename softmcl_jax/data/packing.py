@@ -379,6 +379,48 @@ def choose_rows_from_histograms(
                             shards=shards, quantiles=quantiles)
 
 
+def min_rows_needed(histograms: Sequence[Sequence[int] | np.ndarray], *, batch_size: int,
+                    max_len: int, shards: int = 1) -> int:
+    """A lower bound on the packed rows any global batch of ``batch_size`` sentences drawn
+    from sources with these length histograms needs, ``shards`` blocks each packed into its own
+    rows: a row holds at most ``max_len // m`` sentences of the shortest length ``m`` any
+    source has (clipped to ``max_len``), so a block of ``batch_size / shards`` sentences needs
+    at least ``ceil(block / (max_len // m))`` rows, whichever rows the batch draws, however the
+    mixture mixes them. 0 when every row is empty (they take no slot)."""
+    _check_blocks(batch_size, shards, shards)
+    least = shortest_length(histograms)
+    if least == 0:
+        return 0
+    per_row = max_len // min(least, max_len)
+    return shards * -(-(batch_size // shards) // per_row)
+
+
+def shortest_length(histograms: Sequence[Sequence[int] | np.ndarray]) -> int:
+    """The fewest tokens a non-empty row of any of these length histograms has (0: none)."""
+    found = [int(np.flatnonzero(np.asarray(h)[1:])[0]) + 1
+             for h in histograms if np.asarray(h)[1:].any()]
+    return min(found, default=0)
+
+
+def sampled_needs(
+    histograms: Sequence[Sequence[int] | np.ndarray], weights: Sequence[float] | None = None, *,
+    batch_size: int, max_len: int, shards: int = 1, seed: int = 0, samples: int = 200,
+) -> np.ndarray:
+    """(samples,) the packed rows each of ``samples`` global batches drawn from the length
+    histograms (:func:`sample_batch_lengths`) needs, ``shards`` blocks each packed first fit
+    decreasing into its own rows: a batch fits ``rows`` rows exactly when its need is at most
+    ``rows`` (the pipeline's test, :func:`assign_rows`), so ``(need > rows).mean()`` estimates
+    the share of steps that overflow ``rows``."""
+    _check_choose(samples, batch_size, shards, (1.0,))
+    need = np.empty(samples, np.int64)
+    for i, drawn in enumerate(sample_batch_lengths(histograms, weights, batch_size=batch_size,
+                                                   samples=samples, seed=seed)):
+        drawn = np.minimum(drawn, max_len)
+        need[i] = shards * max(_first_fit_decreasing(block, max_len, None)[2]
+                               for block in drawn.reshape(shards, -1))
+    return need
+
+
 def real_token_fraction(lens: np.ndarray, *, rows: int, max_len: int) -> float:
     """Real tokens over all tokens of ``rows`` rows of ``max_len`` holding sentences ``lens``."""
     return float(np.sum(lens)) / (rows * max_len)

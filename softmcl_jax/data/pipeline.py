@@ -51,9 +51,15 @@ Each process packs its own block in ``packing_shards`` sub-blocks (the devices t
 is split over within the process), so a sentence's row lies on the device of its
 sentence-level arrays. If not even the largest count holds the batch, the step is an overflow:
 every process puts one sentence per row, in order (r = b, ``packing.pack_one_per_row``), a
-further static shape; ``overflow_steps`` counts such steps and a warning names each. No
-sentence is ever dropped. Bucketing (``bucket_lengths``) likewise cuts the token arrays to the
-smallest bucket that holds the global batch's longest sentence.
+further static shape; ``overflow_steps`` counts such steps as their batches are taken (not as
+Grain makes them ahead) and a warning names each (the first ten, then the 16th, 32nd, 64th, ...),
+numbered as the training metrics number steps: the batch of step ``s`` makes the update logged
+as step ``s + 1``. At construction a warning says so when the largest count cannot hold the
+batches: surely (the sources' shortest sentences, from their length histograms, do not fit:
+``packing.min_rows_needed``), or for 5% or more of batches sampled from those histograms
+(``packing.sampled_needs``). No sentence is ever dropped. Bucketing (``bucket_lengths``)
+likewise cuts the token arrays to the smallest bucket that holds the global batch's longest
+sentence.
 
 *How the processes agree on R without reading each other's rows.* ``R`` must be decided on the
 global batch (every process must feed the same shape, and the choice must not depend on the
@@ -103,7 +109,16 @@ import numpy as np
 from softmcl_jax.data import rows as rows_lib
 from softmcl_jax.data.masking import MaskingConfig, mask_token_rows
 from softmcl_jax.data.mixture import SHUFFLE_STREAM, Mixture, epoch_permutation
-from softmcl_jax.data.packing import PACKED_KEYS, PACKED_PREFIX, assign_rows, pack, pack_one_per_row
+from softmcl_jax.data.packing import (
+    PACKED_KEYS,
+    PACKED_PREFIX,
+    assign_rows,
+    min_rows_needed,
+    pack,
+    pack_one_per_row,
+    sampled_needs,
+    shortest_length,
+)
 from softmcl_jax.data.rating_units import _present as rating_present
 
 __all__ = ["SHUFFLE_STREAM", "TOKEN_KEYS", "Batches", "Pipeline", "RowSource",
@@ -122,6 +137,18 @@ PACKING_OUTPUTS = (*(PACKED_PREFIX + k for k in PACKED_KEYS), "segment_ids", "se
 _ENDLESS = sys.maxsize
 # Arrays below this size leave Grain's worker processes pickled, not in shared memory.
 _MIN_SHM_BYTES = 1 << 20
+# The config field the row counts come from, named in the packing's errors and warnings.
+PACKING_ROWS_FIELD = "config.data.packing_rows"
+# Batches sampled from the length histograms at start-up to estimate how many steps will not
+# fit the largest row count; fewer for large batches, to keep the start-up under ~0.5 s.
+_CAPACITY_SAMPLES, _CAPACITY_WORK = 200, 1 << 16
+# Warn up front when at least this share of the sampled batches does not fit: an overflow
+# step runs one sentence per row (B rows, a further compiled program), so a few in a hundred
+# already cost time, while the automatic counts overflow about one step in a thousand.
+_CAPACITY_WARN_SHARE = 0.05
+# Every overflow step is warned up to this many; after that only the 2^k-th, so a run whose
+# rows never hold a batch does not log a line per step (overflow_steps counts them all).
+_OVERFLOW_WARNINGS = 10
 
 
 @runtime_checkable
@@ -443,15 +470,20 @@ class Pipeline:
                 raise ValueError(f"packing_shards {packing_shards} must divide the local batch "
                                  f"size {self.local_batch_size}")
             if not counts:
-                raise ValueError("packing_rows is empty: give at least one row count")
+                raise ValueError(f"{PACKING_ROWS_FIELD} is empty: give at least one row count")
+            blocks = process_count * packing_shards
             for rows in counts:
-                if rows <= 0 or rows % (process_count * packing_shards):
-                    raise ValueError(f"packing_rows {rows} must be a positive multiple of "
-                                     f"process_count * packing_shards = "
-                                     f"{process_count} * {packing_shards}")
+                if rows <= 0 or rows % blocks:
+                    # Each device packs its own sentences into its own rows (module docstring).
+                    raise ValueError(
+                        f"{PACKING_ROWS_FIELD}={rows} must be a positive multiple of the "
+                        f"{blocks} devices the batch is split over ({process_count} "
+                        f"process(es) x {packing_shards} device(s) each: each device packs its "
+                        f"sentences into its own rows), e.g. {max(rows // blocks, 1) * blocks}")
                 if rows > global_batch_size:
-                    raise ValueError(f"packing_rows {rows} is more than global_batch_size "
-                                     f"{global_batch_size} (one sentence per row)")
+                    raise ValueError(f"{PACKING_ROWS_FIELD}={rows} is more than the global batch "
+                                     f"of {global_batch_size} sentences (config.batch_size): "
+                                     "at most one row per sentence")
             self.packing_rows = tuple(sorted({int(r) for r in counts}))
         self.bucket_lengths = tuple(sorted(int(b) for b in bucket_lengths))
         if self.bucket_lengths:
@@ -459,6 +491,10 @@ class Pipeline:
                 raise ValueError("bucket_lengths and packing_rows are alternatives: give one")
             if self.bucket_lengths[0] < 1:
                 raise ValueError(f"bucket_lengths {self.bucket_lengths} must be positive")
+        # The share of steps the sampled batches say will overflow (None: not estimated).
+        self.overflow_estimate: float | None = None
+        if self.packing_rows is not None:
+            self.overflow_estimate = self._check_capacity()
         if self.packing_rows is not None or self.bucket_lengths:
             for k, src in enumerate(sources):
                 if not hasattr(src, "lengths"):
@@ -509,17 +545,66 @@ class Pipeline:
     @property
     def overflow_steps(self) -> int:
         """Steps (distinct values) whose batch did not fit into the largest of ``packing_rows``
-        so far (counted where batches are consumed)."""
+        so far, counted as batches are taken (``next`` on :meth:`iterate`'s batches,
+        :meth:`batch`), never the ones Grain made ahead."""
         return len(self._overflowed)
 
+    def _rows_setting(self) -> str:
+        assert self.packing_rows is not None
+        rows = self.packing_rows
+        return f"{PACKING_ROWS_FIELD}={rows[0] if len(rows) == 1 else rows}"
+
+    def _check_capacity(self) -> float | None:
+        """Warn once, at start, when the largest row count cannot hold the batches: surely
+        (even the shortest sentences the sources have do not fit), or for at least
+        ``_CAPACITY_WARN_SHARE`` of the batches sampled from the sources' length histograms.
+        Returns the sampled share of overflowing steps (None: a source has no histogram)."""
+        assert self.packing_rows is not None
+        hists = [s.manifest.get("length_histogram") for s in self.sources]
+        if any(h is None for h in hists):
+            return None
+        rows, b = self.packing_rows[-1], self.global_batch_size
+        shards = self.process_count * self.packing_shards
+        instead = (f"packed one sentence per row ({b} rows, a program of its own) instead; "
+                   f"{PACKING_ROWS_FIELD}=0 chooses the counts from the data's lengths")
+        least = min_rows_needed(hists, batch_size=b, max_len=self.max_len, shards=shards)
+        if least > rows:
+            where = f" ({shards} blocks, one a device)" if shards > 1 else ""
+            log.warning("%s cannot hold a batch: %d sentences of at least %d tokens (the "
+                        "shortest the data has) need at least %d rows of %d tokens%s; every "
+                        "step will be %s", self._rows_setting(), b, shortest_length(hists),
+                        least, self.max_len, where, instead)
+            return 1.0
+        samples = max(10, min(_CAPACITY_SAMPLES, _CAPACITY_WORK // b))
+        # Another stream than the automatic counts' (the config seed): an independent look.
+        need = sampled_needs(hists, self.mixture.weights, batch_size=b, max_len=self.max_len,
+                             shards=shards, seed=self.seed + 1, samples=samples)
+        over = int((need > rows).sum())
+        if over >= _CAPACITY_WARN_SHARE * samples:
+            log.warning("%s holds too few batches: %d of %d batches sampled from the sources' "
+                        "length histograms need more rows (up to %d), so about %.0f%% of the "
+                        "steps will be %s", self._rows_setting(), over, samples,
+                        int(need.max()), 100 * over / samples, instead)
+        return over / samples
+
     def _note_overflow(self, step: int) -> None:
+        """Count (once per step value) and warn about an overflow step, when its batch is
+        taken (never when a Grain thread or worker made it ahead), numbered as the training
+        metrics are: the batch of step ``s`` makes the update logged as step ``s + 1``."""
         if step in self._overflowed:
             return
         self._overflowed.add(step)
+        n = len(self._overflowed)
+        if n > _OVERFLOW_WARNINGS and n & (n - 1):
+            return
         assert self.packing_rows is not None
-        log.warning("step %d: the batch does not fit into %d packed rows; packed one sentence "
-                    "per row (%d rows) instead (%d overflow steps so far)", step,
-                    self.packing_rows[-1], self.global_batch_size, len(self._overflowed))
+        nxt = 1 << n.bit_length()
+        later = (f"; further ones are counted, and warned when the count reaches {nxt}, "
+                 f"{2 * nxt}, {4 * nxt}, ..." if n == _OVERFLOW_WARNINGS else "")
+        log.warning("step %d: the batch does not fit into %d packed rows (%s); packed one "
+                    "sentence per row (%d rows) instead (%d overflow step(s) in this run so "
+                    "far)%s", step + 1, self.packing_rows[-1], self._rows_setting(),
+                    self.global_batch_size, n, later)
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """This process's batch at global ``step`` (numpy), made on the caller's thread."""
@@ -605,6 +690,10 @@ class Pipeline:
                      f"({self.packing_rows[-1]} rows) to "
                      f"{tokens / (self.packing_rows[0] * full):.1%} "
                      f"({self.packing_rows[0]} rows) packed, for an average batch")
+            if self.overflow_estimate:
+                # Above 100% the "packed" fractions are what the rows would need to hold.
+                text += (f"; {self.overflow_estimate:.0%} of the batches sampled at start do "
+                         f"not fit {self.packing_rows[-1]} rows (overflow)")
         if self.bucket_lengths:
             text += f"; token arrays cut to buckets {self.bucket_lengths}"
         return text
