@@ -7,8 +7,11 @@
 pooling of its ``1_Pooling/config.json``), a hub id, or a training workdir (its exported encoder
 ``WORKDIR/export``, with the run's pooling); ``--pooling`` overrides (``evaluation.checkpoints``).
 Markdown goes to stdout, numbers to ``--output``, and, when the folder is an export of ours, the
-table into its model card (``README.md``; ``--no_card`` leaves it alone). The exit status is
-non-zero when no task ran (every default task skipped for missing files), with the reasons.
+table into its model card (``README.md``; ``--no_card`` leaves it alone; a card that cannot be
+written, e.g. a read-only export, is one warning: the evaluation still succeeded). The exit
+status is 1, with one line, when no task ran (every default task skipped for missing files, with
+the reasons), or when the encoder cannot be loaded (a truncated ``model.safetensors`` of an
+export: the line says how to export it again) or ``--output`` cannot be written.
 
 Tasks, split and regularisation protocol: ``softmcl_jax/evaluation/`` (``tasks.py``,
 ``data.py``); the trainer's valence probe: ``evaluation.probe``; embeddings:
@@ -20,23 +23,37 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from softmcl_jax import model_card
 from softmcl_jax.evaluation import DEFAULT_TASKS, SLOW_TASKS, SuiteConfig, report
-from softmcl_jax.evaluation.checkpoints import EXPORT_DIR, max_seq_length, resolve_checkpoint
+from softmcl_jax.evaluation.checkpoints import (
+    EXPORT_DIR,
+    export_again,
+    max_seq_length,
+    resolve_checkpoint,
+)
+from softmcl_jax.evaluation.data import MissingData
 from softmcl_jax.evaluation.probe import ProbeSplit, probe_split, vader_probe_split, valence_probe
 from softmcl_jax.evaluation.suite import DEFAULT_MAX_LEN, run_suite
-from softmcl_jax.models import DTYPES
+from softmcl_jax.models import DTYPES, CheckpointError
 from softmcl_jax.models.heads import POOLINGS
 from softmcl_jax.models.hf import resolve_name
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("softmcl_jax.evaluate")  # also when run as __main__
+
+
+PROG = "python -m softmcl_jax.evaluate"
 
 
 def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -44,10 +61,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     Raises ``SystemExit`` (status 1, the message on stderr) when no task ran, e.g. an empty
     ``--data_dir``, naming each skipped task and why; ``--output`` is then not written. Also
-    when ``--checkpoint`` is a training workdir without an exported encoder.
+    when ``--checkpoint`` is a training workdir without an exported encoder, when the encoder
+    cannot be loaded (a missing folder, a truncated ``model.safetensors``: an export of ours
+    names the command that writes it again), and when ``--output`` cannot be written. A task
+    named in ``--tasks`` whose files are missing raises ``MissingData`` (the command line
+    prints it as one line).
     """
     p = argparse.ArgumentParser(
-        prog="python -m softmcl_jax.evaluate",
+        prog=PROG,
         description="Downstream evaluation of a Hugging Face-format encoder: markdown report on "
                     "stdout, numbers in --output.")
     p.add_argument("--checkpoint", required=True,
@@ -86,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         p.error(f"--data_dir={a.data_dir}: not a folder")
     if a.max_len is not None and a.max_len < 1:
         p.error(f"--max_len={a.max_len} must be >= 1")
+    if a.output:  # found out now, not after the tasks ran
+        where = os.path.dirname(os.path.abspath(a.output))
+        if not os.path.isdir(where) or not os.access(where, os.W_OK):
+            raise SystemExit(f"{p.prog}: error: cannot write --output={a.output}: its folder "
+                             f"{where} is missing or read-only")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = SuiteConfig(
@@ -113,8 +139,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     elif run_pooling and a.pooling != run_pooling:
         log.warning("--pooling=%s, but the run trained with model.pooling=%s", a.pooling,
                     run_pooling)
-    results, skipped = run_suite(path, tasks, config, pooling=pooling,
-                                 max_len=max_len, batch_size=a.batch_size, dtype=a.dtype)
+    try:
+        results, skipped = run_suite(path, tasks, config, pooling=pooling,
+                                     max_len=max_len, batch_size=a.batch_size, dtype=a.dtype)
+    except CheckpointError as e:
+        again = export_again(path) if os.path.isdir(path) else ""
+        hint = f"; export it again: {again}" if again else ""
+        raise SystemExit(f"{p.prog}: error: {_one_line(e)}{hint}") from None
     header = {"checkpoint": a.checkpoint}
     if path != resolve_name(a.checkpoint):  # a training workdir: say which folder was loaded
         header["encoder"] = path
@@ -126,12 +157,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{p.prog}: error: no task ran on --data_dir={a.data_dir}; "
                          f"skipped:{why or ' none'}")
     if a.output:
-        report.write_json(results, a.output)
-    if not a.no_card and os.path.isdir(path) and model_card.set_evaluation(
-            path, report.markdown(results, header=header, skipped=skipped, title=False)):
-        log.info("wrote the table into the model card %s",
-                 os.path.join(path, model_card.CARD_FILE))
+        try:
+            report.write_json(results, a.output)
+        except OSError as e:
+            raise SystemExit(f"{p.prog}: error: cannot write --output={a.output}: "
+                             f"{e.strerror or e} (the table is above)") from None
+    if not a.no_card and os.path.isdir(path):
+        _fill_card(path, report.markdown(results, header=header, skipped=skipped, title=False))
     return report.to_json(results)
+
+
+def _fill_card(folder: str, table: str) -> None:
+    """The table into ``folder``'s model card, if it has one of ours; a card that cannot be
+    written is a warning, not a failed evaluation."""
+    card = os.path.join(folder, model_card.CARD_FILE)
+    try:
+        written = model_card.set_evaluation(folder, table)
+    except OSError as e:
+        log.warning("the model card %s was not updated: %s (%s); the results are above "
+                    "(--no_card skips the card)", card, e.strerror or e, e.filename or folder)
+        return
+    if written:
+        log.info("wrote the table into the model card %s", card)
+
+
+def _cli() -> None:
+    """``main`` as a command: a task's missing files or a bad argument value is one line, exit
+    status 1, no traceback."""
+    try:
+        main()
+    except (MissingData, CheckpointError, ValueError, OSError) as e:
+        sys.exit(f"{PROG}: error: {_one_line(e)}")
 
 
 __all__ = [
@@ -148,4 +204,4 @@ __all__ = [
 
 
 if __name__ == "__main__":
-    main()
+    _cli()

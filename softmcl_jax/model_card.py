@@ -9,13 +9,17 @@ table between the evaluation markers (``set_evaluation``).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 from softmcl_jax.objective import is_on
 
 CARD_FILE = "README.md"
+LOCK_FILE = ".README.md.lock"  # set_evaluation's writers take turns on it (flock)
 EVAL_START = "<!-- softmcl_jax:evaluation:start -->"
 EVAL_END = "<!-- softmcl_jax:evaluation:end -->"
 
@@ -167,17 +171,42 @@ def render(config: Mapping[str, Any], info: Mapping[str, Any] | None = None, *,
 def set_evaluation(folder: str, table: str) -> bool:
     """Put ``table`` (markdown) between the evaluation markers of ``folder``'s card.
 
-    Returns False, changing nothing, when the folder has no card of ours (no markers).
+    Returns False, changing nothing, when the folder has no card of ours (no markers). The card
+    is read and replaced under an exclusive ``flock`` on ``.README.md.lock`` beside it, and
+    replaced by writing a temporary file and renaming it over the card: two evaluations writing
+    at once leave one whole table, and a reader sees the old card or the new, never half of one.
+    Raises ``OSError`` (e.g. ``PermissionError``) when the folder cannot be written; the card is
+    then unchanged.
     """
     path = os.path.join(folder, CARD_FILE)
-    if not os.path.isfile(path):
+    if not _has_markers(path):  # someone else's card: not even a lock file is written there
         return False
-    with open(path) as f:
-        text = f.read()
-    start, end = text.find(EVAL_START), text.find(EVAL_END)
-    if start < 0 or end < start:
-        return False
-    text = text[:start + len(EVAL_START)] + "\n" + table.strip() + "\n" + text[end:]
-    with open(path, "w") as f:
-        f.write(text)
+    with open(os.path.join(folder, LOCK_FILE), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        with open(path) as f:
+            text = f.read()
+        start, end = text.find(EVAL_START), text.find(EVAL_END)
+        if start < 0 or end < start:
+            return False
+        text = text[:start + len(EVAL_START)] + "\n" + table.strip() + "\n" + text[end:]
+        tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+            shutil.copymode(path, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
     return True
+
+
+def _has_markers(path: str) -> bool:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError):
+        return False
+    start = text.find(EVAL_START)
+    return start >= 0 and text.find(EVAL_END) > start

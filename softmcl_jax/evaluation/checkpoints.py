@@ -8,7 +8,8 @@
   ``export/``, with the export's sentence-transformers pooling, else the run's ``model.pooling``.
 
 ``max_seq_length`` reads the sequence length a sentence-transformers folder (or a workdir's
-export) declares, which is what ``SentenceTransformer`` truncates at.
+export) declares, which is what ``SentenceTransformer`` truncates at; ``export_again`` says how to
+write a broken export of ours again.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import logging
 import os
 from typing import Any
 
-from softmcl_jax.export_format import EXPORT_DIR, ST_CONFIG_FILE, read_sentence_transformers
+from softmcl_jax.export_format import (
+    EXPORT_DIR,
+    ST_CONFIG_FILE,
+    read_owner,
+    read_sentence_transformers,
+)
 from softmcl_jax.models.heads import POOLINGS
 from softmcl_jax.models.hf import resolve_name
 
@@ -107,3 +113,15 @@ def _encoder_folder(folder: str) -> tuple[str, str | None]:
         log.info("%s normalises its vectors (a Normalize module); the suite uses the pooled "
                  "vectors as they are (scale does not change cosine similarities)", folder)
     return st["encoder"], st["pooling"]
+
+
+def export_again(folder: str) -> str:
+    """The command that writes ``folder`` again when it is an export of a softmcl_jax run (its
+    owner file names the run's workdir); "" for anyone else's folder."""
+    owner = read_owner(folder)
+    if owner is None:
+        return ""
+    workdir = owner.get("workdir")
+    if not (isinstance(workdir, str) and os.path.isdir(workdir)):
+        workdir = "WORKDIR"  # the run was trained elsewhere, or its folder is gone
+    return f"python -m softmcl_jax.export --workdir={workdir} --out={folder}"
