@@ -222,6 +222,9 @@ def _format_scalars(scalars: Mapping[str, Any] | None) -> str:
         return ""
     parts = []
     for k, v in scalars.items():
+        if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+            parts.append(f"{k}={int(v)}")  # a count (sentences, rows/<term>) in full
+            continue
         try:
             parts.append(f"{k}={float(v):.4g}")
         except (TypeError, ValueError):

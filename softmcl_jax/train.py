@@ -11,8 +11,10 @@ reads is a constant, not state: the step takes it as a separate, undonated argum
 from the base checkpoint at every start (resume included) and never checkpointed.
 
 ``train_step(state, batch, constants) -> (state, metrics)`` differentiates the objective
-(objective.py), applies optax, moves the EMA (``optax.incremental_update``) and writes the new
-keys into the queues in place (``lax.dynamic_update_slice`` at ``ptr``).
+(objective.py; its metrics, plus ``loss``, ``grad_norm``, ``learning_rate`` and ``sentences``,
+the valid rows of the step's global batch), applies optax, moves the EMA
+(``optax.incremental_update``) and writes the new keys into the queues in place
+(``lax.dynamic_update_slice`` at ``ptr``).
 """
 
 from __future__ import annotations
@@ -170,8 +172,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], constants: dict[s
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
               & jnp.isfinite(optax.tree.norm(params)))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    # The sentences this step's loss read: the valid rows of the global batch (under jit over a
+    # sharded batch, the global count). An optimizer update with grad_accum_steps = k averages
+    # k consecutive steps, so it used the sum of their counts.
+    sentences = jnp.sum(batch["valid"], dtype=jnp.int32)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
-                   finite=finite)
+                   sentences=sentences, finite=finite)
     new_state = state.replace(
         step=state.step + 1, params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state), ema_params=keep(ema, state.ema_params),
@@ -254,9 +260,11 @@ def abstract_with_shardings(abstract: TrainState, shardings: TrainState) -> Trai
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
-def host_scalars(metrics: dict[str, jax.Array]) -> dict[str, float]:
-    """The step's metrics as Python floats, without the ``finite`` flag (see ``train_step``)."""
-    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()
+def host_scalars(metrics: dict[str, jax.Array]) -> dict[str, float | int]:
+    """The step's metrics as Python numbers, without the ``finite`` flag (see ``train_step``):
+    counts (``sentences``, ``rows/<term>``) as ints, so that they are logged as counts."""
+    return {k: int(x) if x.dtype.kind in "iu" else float(x)
+            for k, x in ((k, np.asarray(v)) for k, v in jax.device_get(metrics).items())
             if k != "finite"}
 
 

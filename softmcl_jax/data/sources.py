@@ -4,8 +4,11 @@
 ``tsv``, ``jsonl``, ``hf``); ``data.path`` is its file (unused for the shipped ``vader``); the other
 fields are the reader's arguments, all visible in the config. ``text`` is a plain UTF-8 file
 (``.gz`` too) with one sentence per line and no ratings: the simplest large unrated corpus; a
-blank line in it is a bad row (``data.on_bad_row``). :func:`iter_sentences` reads a source one
-sentence at a time, so a corpus of any size can be prepared in bounded memory.
+blank line in it is a bad row (``data.on_bad_row``), and so is, in every source, a text without
+a printable character (only zero-width, control or other invisible characters:
+``readers.printable``), which would train as a row of special tokens alone.
+:func:`iter_sentences` reads a source one sentence at a time, so a corpus of any size can be
+prepared in bounded memory.
 
 ``data.lexicon`` is ``vader`` (shipped), ``none``, or a Warriner-format CSV path; only the last has
 word arousal and dominance (``load_affect_lexicons``).
