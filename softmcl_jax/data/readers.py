@@ -294,8 +294,8 @@ _UNNAMED = {"Cc": "<control>", "Cs": "<surrogate>", "Co": "<private use>",
 
 def _char_names(text: str, most: int = 4) -> str:
     """``U+200B ZERO WIDTH SPACE, U+0007 <control>`` for the distinct characters of ``text``
-    in order of first appearance, at most ``most`` of them."""
-    chars = list(dict.fromkeys(text))
+    other than whitespace, in order of first appearance, at most ``most`` of them."""
+    chars = [c for c in dict.fromkeys(text) if not c.isspace()]  # spaces are no news
     named = [f"U+{ord(c):04X} "
              + unicodedata.name(c, _UNNAMED.get(unicodedata.category(c), "<unnamed>"))
              for c in chars[:most]]
