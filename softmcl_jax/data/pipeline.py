@@ -561,7 +561,7 @@ class Pipeline:
         Returns the sampled share of overflowing steps (None: a source has no histogram)."""
         assert self.packing_rows is not None
         hists = [s.manifest.get("length_histogram") for s in self.sources]
-        if any(h is None for h in hists):
+        if any(h is None or not sum(h) for h in hists):
             return None
         rows, b = self.packing_rows[-1], self.global_batch_size
         shards = self.process_count * self.packing_shards
