@@ -246,15 +246,16 @@ def _other_owner(owner: dict[str, Any] | None, cfg: dict[str, Any]) -> str:
 
 
 def check_out(out: str, config: Any, *, workdir: str | None = None,
-              overwrite: bool = False) -> None:
+              overwrite: bool = False) -> str | None:
     """Return when an export of ``config``'s run (trained in ``workdir``; None: the workdir
-    whose ``export/`` ``out`` is, if any) may be written to ``out``; else raise ``ExportError``
+    whose ``export/`` ``out`` is, if any) may be written to ``out``, with what ``overwrite``
+    will delete (None: nothing but an earlier export of the run); else raise ``ExportError``
     saying what is there and what to do (the rules: the module docstring)."""
     real = os.path.realpath(out)
     cfg = _as_json(config)
     workdir = workdir if workdir is not None else _workdir_above(real)
     if os.path.lexists(real) and not os.path.isdir(real):
-        raise ExportError(f"--out={out} is a file, not a folder; choose another --out")
+        raise ExportError(f"{out} is a file, not a folder; export elsewhere")
     if workdir is not None:
         run = os.path.realpath(workdir)
         ckpt = cfg.get("checkpoint_dir") or os.path.join(run, CHECKPOINTS_DIR)
@@ -263,24 +264,24 @@ def check_out(out: str, config: Any, *, workdir: str | None = None,
             what = "the workdir of the run being exported" if _within(run, real) else (
                 f"its checkpoint directory {ckpt}")
             raise ExportError(
-                f"--out={out} is or holds {what} ({workdir}); replacing it would delete the "
-                f"run, so it is refused even with --overwrite: choose another --out, e.g. "
+                f"{out} is or holds {what} ({workdir}); replacing it would delete the run, "
+                f"so it is refused even with --overwrite: export elsewhere, e.g. "
                 f"{os.path.join(workdir, EXPORT_DIR)}")
     if not os.path.isdir(real):
         parent = os.path.dirname(real)
         if os.path.isdir(parent) and not os.access(parent, os.W_OK):
             raise ExportError(f"cannot write {out}: Permission denied (its folder {parent} is "
                               "read-only)")
-        return
+        return None
     if not os.access(real, os.W_OK) or not os.access(os.path.dirname(real), os.W_OK):
         raise ExportError(f"cannot write {out}: Permission denied")
     if not os.listdir(real):
-        return
+        return None
     marks = training_workdir_marks(real)
     if marks:
         raise ExportError(
-            f"--out={out} is a training workdir ({', '.join(marks)}); replacing it would delete "
-            f"that run, so it is refused even with --overwrite: choose another --out, e.g. "
+            f"{out} is a training workdir ({', '.join(marks)}); replacing it would delete "
+            f"that run, so it is refused even with --overwrite: export elsewhere, e.g. "
             f"{os.path.join(out, EXPORT_DIR)}")
     own_export = workdir is not None and real == os.path.realpath(
         os.path.join(workdir, EXPORT_DIR))
@@ -293,14 +294,13 @@ def check_out(out: str, config: Any, *, workdir: str | None = None,
         same = (isinstance(stored, dict) and not config_differences(stored, cfg)
                 and (own_export or recorded == here))
     if same:
-        return
+        return None
     if overwrite:
-        log.warning("--overwrite: replacing %s (it held %s)", out, _listing(real))
-        return
+        return f"deleting {_listing(real)}"
     raise ExportError(
-        f"--out={out} is not empty and is not an earlier export of this run: it holds "
-        f"{_listing(real)}{_other_owner(owner, cfg)}; choose another --out, or pass "
-        "--overwrite to replace that folder (everything in it is deleted)")
+        f"{out} is not empty and is not an earlier export of this run: it holds "
+        f"{_listing(real)}{_other_owner(owner, cfg)}; export elsewhere, or replace that folder "
+        "with python -m softmcl_jax.export --overwrite (everything in it is deleted)")
 
 
 def _alive(pid: int) -> bool:
@@ -372,7 +372,9 @@ def write_export(pretrained: Pretrained, params: Any, out: str, config: Any,
     ``overwrite``; ``check_out``), or cannot be written (``cannot write OUT: Permission
     denied``); ``out`` is then as it was.
     """
-    check_out(out, config, workdir=workdir, overwrite=overwrite)
+    replacing = check_out(out, config, workdir=workdir, overwrite=overwrite)
+    if replacing:
+        log.warning("--overwrite: replacing %s (%s)", out, replacing)
     real = os.path.realpath(out)
     workdir = workdir if workdir is not None else _workdir_above(real)
     cfg = _plain(config)

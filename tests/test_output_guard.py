@@ -129,13 +129,13 @@ def test_export_refuses_a_users_folder_and_a_workdir_and_replaces_its_own(run, t
     before, run_before = tree_hashes(str(mine)), tree_hashes(run)
 
     line = one_line_error(exported(f"--workdir={run}", f"--out={mine}"))
-    assert f"--out={mine} is not empty and is not an earlier export of this run" in line
+    assert f"{mine} is not empty and is not an earlier export of this run" in line
     assert "README.md, config.json, notes.txt" in line and "--overwrite" in line
     assert tree_hashes(str(mine)) == before and not leftovers(str(mine))
 
     # --out=WORKDIR, the easy slip: refused, even with --overwrite; the run is untouched.
     line = one_line_error(exported(f"--workdir={run}", f"--out={run}", "--overwrite"))
-    assert f"--out={run} is or holds the workdir of the run being exported" in line
+    assert f"{run} is or holds the workdir of the run being exported" in line
     assert "refused even with --overwrite" in line and f"{run}/export" in line
     assert tree_hashes(run) == run_before and not leftovers(run)
 
