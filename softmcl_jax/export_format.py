@@ -203,8 +203,9 @@ def read_owner(folder: str) -> dict[str, Any] | None:
     return owner if isinstance(owner, dict) else None
 
 
-def _holds_our_card(folder: str) -> bool:
-    """An export written before owner files existed: a transformers folder with our card."""
+def holds_our_card(folder: str) -> bool:
+    """Whether ``folder`` is a transformers folder with our model card: how an export written
+    before owner files existed is known."""
     try:
         with open(os.path.join(folder, model_card.CARD_FILE)) as f:
             card = f.read()
@@ -261,10 +262,11 @@ def check_out(out: str, config: Any, *, workdir: str | None = None,
         ckpt = cfg.get("checkpoint_dir") or os.path.join(run, CHECKPOINTS_DIR)
         ckpt = None if "://" in ckpt else os.path.realpath(ckpt)
         if _within(run, real) or (ckpt and (_within(ckpt, real) or _within(real, ckpt))):
-            what = "the workdir of the run being exported" if _within(run, real) else (
-                f"its checkpoint directory {ckpt}")
+            what = (f"is or holds the workdir of the run being exported ({workdir})"
+                    if _within(run, real) else
+                    f"is, holds or is inside the run's checkpoint directory ({ckpt})")
             raise ExportError(
-                f"{out} is or holds {what} ({workdir}); replacing it would delete the run, "
+                f"{out} {what}; replacing it would delete the run, "
                 f"so it is refused even with --overwrite: export elsewhere, e.g. "
                 f"{os.path.join(workdir, EXPORT_DIR)}")
     if not os.path.isdir(real):
@@ -287,7 +289,7 @@ def check_out(out: str, config: Any, *, workdir: str | None = None,
         os.path.join(workdir, EXPORT_DIR))
     owner = read_owner(real)
     if owner is None:
-        same = own_export and _holds_our_card(real)
+        same = own_export and holds_our_card(real)
     else:
         stored, recorded = owner.get("config"), owner.get("workdir")
         here = os.path.realpath(workdir) if workdir is not None else None

@@ -22,6 +22,7 @@ from typing import Any
 from softmcl_jax.export_format import (
     EXPORT_DIR,
     ST_CONFIG_FILE,
+    holds_our_card,
     read_owner,
     read_sentence_transformers,
 )
@@ -117,11 +118,12 @@ def _encoder_folder(folder: str) -> tuple[str, str | None]:
 
 def export_again(folder: str) -> str:
     """The command that writes ``folder`` again when it is an export of a softmcl_jax run (its
-    owner file names the run's workdir); "" for anyone else's folder."""
+    owner file names the run's workdir; an export from before owner files, known by its card,
+    gets ``WORKDIR``); "" for anyone else's folder."""
     owner = read_owner(folder)
-    if owner is None:
+    if owner is None and not holds_our_card(folder):
         return ""
-    workdir = owner.get("workdir")
+    workdir = (owner or {}).get("workdir")
     if not (isinstance(workdir, str) and os.path.isdir(workdir)):
         workdir = "WORKDIR"  # the run was trained elsewhere, or its folder is gone
     return f"python -m softmcl_jax.export --workdir={workdir} --out={folder}"
