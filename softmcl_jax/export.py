@@ -28,7 +28,7 @@ from softmcl_jax import loop, sharding
 from softmcl_jax.checkpoint import non_finite_leaves
 from softmcl_jax.export_format import ExportError, check_out, read_run_info, write_export
 from softmcl_jax.models import CheckpointError
-from softmcl_jax.workdir import CONFIG_FILE, load_config
+from softmcl_jax.workdir import CONFIG_FILE, checkpoint_directory, load_config
 
 
 def _steps_there(steps: list[int]) -> str:
@@ -52,7 +52,7 @@ def export(workdir: str, out: str, *, step: int | None = None, with_mlm_head: bo
     # Refused before the slow part (the model and the checkpoint), and again when writing.
     check_out(out, config, workdir=workdir, overwrite=overwrite)
     # Where loop.checkpointer looks; checked first, since the Checkpointer creates it.
-    ckpt_dir = config.checkpoint_dir or os.path.join(os.path.abspath(workdir), "checkpoints")
+    ckpt_dir = checkpoint_directory(config.checkpoint_dir, workdir)
     if "://" not in ckpt_dir and not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"{ckpt_dir}: no checkpoint directory, so nothing to export "
                                 f"(has {workdir} saved a checkpoint yet?)")

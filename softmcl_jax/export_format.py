@@ -44,7 +44,12 @@ from softmcl_jax import model_card
 from softmcl_jax.metrics import METRICS_FILE
 from softmcl_jax.models import Pretrained, save_pretrained
 from softmcl_jax.models.heads import POOLINGS
-from softmcl_jax.workdir import CONFIG_FILE, LOCK_FILE, config_differences
+from softmcl_jax.workdir import (
+    CONFIG_FILE,
+    LOCK_FILE,
+    checkpoint_directory,
+    config_differences,
+)
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +264,7 @@ def check_out(out: str, config: Any, *, workdir: str | None = None,
         raise ExportError(f"{out} is a file, not a folder; export elsewhere")
     if workdir is not None:
         run = os.path.realpath(workdir)
-        ckpt = cfg.get("checkpoint_dir") or os.path.join(run, CHECKPOINTS_DIR)
+        ckpt = checkpoint_directory(cfg.get("checkpoint_dir"), run)
         ckpt = None if "://" in ckpt else os.path.realpath(ckpt)
         if _within(run, real) or (ckpt and (_within(ckpt, real) or _within(real, ckpt))):
             what = (f"is or holds the workdir of the run being exported ({workdir})"
