@@ -41,7 +41,7 @@ from softmcl_jax.evaluation.probe import (
 from softmcl_jax.export_format import EXPORT_DIR, write_export, write_run_info
 from softmcl_jax.metrics import MetricWriter, ProgressBar
 from softmcl_jax.models import DTYPES, from_pretrained
-from softmcl_jax.models.hf import resolve_name
+from softmcl_jax.models.hf import check_length, resolve_name
 from softmcl_jax.workdir import (
     WorkdirLock,
     check_checkpoint_dir,
@@ -70,6 +70,9 @@ def setup_model(config: ml_collections.ConfigDict, the_plan: objective.Plan | No
     path = resolve_name(config.model.name_or_path)
     pretrained = from_pretrained(path, dtype=DTYPES[config.model.dtype],
                                  remat=config.model.remat, seed=config.seed)
+    # validate checks local models; a hub id's position table is known only now.
+    check_length(pretrained.config, config.model.max_len,
+                 f"config.model.max_len={config.model.max_len}")
     tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained.tokenizer_path or path)
     return pretrained, tokenizer, objective.build_model(pretrained, the_plan, config)
 
@@ -250,13 +253,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     the_plan = config_check.validate(config)  # before anything is loaded or written
     log.info("%s", the_plan.describe())
     chief = jax.process_index() == 0  # one host writes the config, metrics, export, probe line
+    created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        if chief:
-            stack.enter_context(WorkdirLock(workdir))
-        check_config(config, workdir)
-        check_checkpoint_dir(config, workdir)
-        return _run(config, workdir, the_plan, chief)
+    try:
+        with contextlib.ExitStack() as stack:
+            if chief:
+                stack.enter_context(WorkdirLock(workdir))
+            check_config(config, workdir)
+            check_checkpoint_dir(config, workdir)
+            return _run(config, workdir, the_plan, chief)
+    except Exception:
+        # A run refused before it wrote anything (bad data, a model it cannot load) leaves no
+        # empty workdir behind; anything written in it stays for the record.
+        if created and os.path.isdir(workdir) and not os.listdir(workdir):
+            os.rmdir(workdir)
+        raise
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str, the_plan: objective.Plan,
@@ -361,7 +372,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, the_plan: objective.Pl
     write_run_info(workdir, info)
     if config.export.enabled:
         out = write_export(pretrained, encoder_params, os.path.join(workdir, EXPORT_DIR), config,
-                           info)
+                           info, workdir=workdir)
         log.info("exported the encoder (Hugging Face + sentence-transformers, model card) to %s",
                  out)
     if probe is not None:

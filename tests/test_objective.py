@@ -521,6 +521,7 @@ def test_each_term_reports_the_rows_it_read_and_queues_only_those(model_dir):
     got = {t: jax.device_get(metrics[f"rows/{t}"]) for t in the_plan.terms}
     assert all(v.dtype == np.int32 for v in got.values())
     assert {t: int(v) for t, v in got.items()} == ROWS_WANT
+    assert int(jax.device_get(metrics["sentences"])) == int(ROWS_VALID.sum())
     assert bool(metrics["finite"])
 
     queue = jax.device_get(state.queues["soft_sentence"])
