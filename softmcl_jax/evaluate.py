@@ -131,10 +131,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"{p.prog}: error: {e}") from None
     pooling = a.pooling or run_pooling or "mean"
     max_len = a.max_len or declared or DEFAULT_MAX_LEN
-    try:  # a longer input than the position table would fail inside the first batch
-        check_length(load_config(path), max_len, f"--max_len={max_len}")
-    except (CheckpointError, ValueError) as e:
-        raise SystemExit(f"{p.prog}: error: {_one_line(e)}") from None
+    if os.path.isfile(os.path.join(path, "config.json")):  # else loading says what is missing
+        try:  # a longer input than the position table would fail inside the first batch
+            check_length(load_config(path), max_len, f"--max_len={max_len}")
+        except (CheckpointError, ValueError) as e:
+            raise SystemExit(f"{p.prog}: error: {_one_line(e)}") from None
     if a.max_len is None:
         log.info("max_len=%d: %s (--max_len overrides)", max_len,
                  "the encoder's max_seq_length" if declared else "the default")

@@ -455,3 +455,13 @@ def test_evaluate_errors_are_one_line(tmp_path, tiny_model, capsys):
     assert not model_card.set_evaluation(str(folder), "| x |")
     assert os.listdir(folder) == ["README.md"]
     capsys.readouterr()
+
+
+def test_evaluate_refuses_max_len_past_the_position_table(tmp_path, tiny_model):
+    from softmcl_jax import evaluate
+
+    # The tiny BERT's table holds 64 positions: 65 would run off it inside the first batch.
+    with pytest.raises(SystemExit, match=r"--max_len=65: 65 tokens, but the encoder's position "
+                                         r"table holds 64"):
+        evaluate.main([f"--checkpoint={tiny_model}", f"--data_dir={_data(tmp_path)}",
+                       "--max_len=65"])
