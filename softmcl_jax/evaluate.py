@@ -40,7 +40,7 @@ from softmcl_jax.evaluation.probe import ProbeSplit, probe_split, vader_probe_sp
 from softmcl_jax.evaluation.suite import DEFAULT_MAX_LEN, run_suite
 from softmcl_jax.models import DTYPES, CheckpointError
 from softmcl_jax.models.heads import POOLINGS
-from softmcl_jax.models.hf import check_length, load_config, resolve_name
+from softmcl_jax.models.hf import check_length, load_config, max_positions, resolve_name
 
 log = logging.getLogger("softmcl_jax.evaluate")  # also when run as __main__
 
@@ -133,7 +133,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     max_len = a.max_len or declared or DEFAULT_MAX_LEN
     if os.path.isfile(os.path.join(path, "config.json")):  # else loading says what is missing
         try:  # a longer input than the position table would fail inside the first batch
-            check_length(load_config(path), max_len, f"--max_len={max_len}")
+            hf_config = load_config(path)
+            limit = max_positions(hf_config)
+            if a.max_len is None and limit is not None and max_len > limit:
+                max_len = limit  # a default, not the user's choice: fit it to the encoder
+            check_length(hf_config, max_len, f"--max_len={max_len}")
         except (CheckpointError, ValueError) as e:
             raise SystemExit(f"{p.prog}: error: {_one_line(e)}") from None
     if a.max_len is None:
