@@ -49,6 +49,7 @@ from softmcl_jax.workdir import (
     LOCK_FILE,
     checkpoint_directory,
     config_differences,
+    pid_alive,
 )
 
 log = logging.getLogger(__name__)
@@ -310,16 +311,6 @@ def check_out(out: str, config: Any, *, workdir: str | None = None,
         "with python -m softmcl_jax.export --overwrite (everything in it is deleted)")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def _remove_stale_temporaries(real: str) -> None:
     """Remove ``OUT.tmp-<pid>`` folders of ours (with an owner file) whose export was killed:
     a model's worth of disk each."""
@@ -328,7 +319,7 @@ def _remove_stale_temporaries(real: str) -> None:
         pid = name[len(prefix):]
         path = os.path.join(parent, name)
         if (name.startswith(prefix) and pid.isdigit() and int(pid) != os.getpid()
-                and not _alive(int(pid)) and os.path.isfile(os.path.join(path, OWNER_FILE))):
+                and not pid_alive(int(pid)) and os.path.isfile(os.path.join(path, OWNER_FILE))):
             log.warning("removing %s, left by an export that was killed", path)
             shutil.rmtree(path, ignore_errors=True)
 

@@ -405,7 +405,8 @@ def write_inputs(inputs: Mapping[str, Any], workdir: str) -> None:
     _write_json(os.path.join(workdir, INPUTS_FILE), dict(inputs))
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a lock's or a temporary folder's owner)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -455,7 +456,7 @@ class WorkdirLock:
         except (OSError, json.JSONDecodeError):
             other = {}  # torn by a crash mid-write: treat as stale
         pid, host = other.get("pid"), other.get("host")
-        if host == me["host"] and isinstance(pid, int) and _alive(pid):
+        if host == me["host"] and isinstance(pid, int) and pid_alive(pid):
             raise WorkdirBusy(f"{os.path.dirname(self.path)} is in use by another trainer: PID "
                               f"{pid} on {host}, since {other.get('since')} ({self.path})")
         if host not in (None, me["host"]):
