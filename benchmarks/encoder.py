@@ -40,6 +40,12 @@ RANDOM_CONFIGS = {
     # Small enough for a CPU smoke test of the benchmark scripts.
     "tiny-bert": ("BertConfig", dict(vocab_size=2000, hidden_size=128, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=512)),
+    "tiny-deberta-v3": ("DebertaV2Config", dict(
+        vocab_size=2000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=512, max_position_embeddings=512, relative_attention=True,
+        position_buckets=32, max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
+        norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
+        type_vocab_size=0, pad_token_id=0)),
 }
 
 

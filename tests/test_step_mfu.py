@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -19,25 +19,44 @@ from softmcl_jax import objective, sharding, train  # noqa: E402
 from softmcl_jax.models import from_pretrained  # noqa: E402
 
 
-def test_model_flops_are_the_matmul_share_of_xlas_count():
-    """XLA's cost analysis of the compiled SoftMCL step counts every op (layer norms, softmaxes,
-    heads, losses, AdamW); our model-FLOPs count is its matmuls. Leaving out the momentum forward
-    or the MLM head would drop ours below 80% of XLA's; double counting would exceed it."""
-    args = argparse.Namespace(dtype="float32", remat=False, batch=8, seq=32, packing=False)
+def _config(name: str, path: str, **kw):
+    return step_mfu.step_config(os.path.join(ROOT, "configs", f"{name}.py"), path,
+                                **dict(dict(batch=8, seq=32, dtype="float32"), **kw))
+
+
+@pytest.mark.parametrize("name", ["softmcl", "softmcl_anchored"])
+def test_model_flops_are_the_matmul_share_of_xlas_count(name):
+    """XLA's cost analysis of the compiled step counts every op (layer norms, softmaxes, heads,
+    losses, AdamW); our model-FLOPs count is its matmuls. Leaving out the momentum forward, the
+    anchored mix's frozen forward or the MLM head would drop ours below 80% of XLA's; double
+    counting would exceed it."""
     path = encoder.random_checkpoint("tiny-bert")
-    config = step_mfu.softmcl_config(args, path)
+    config = _config(name, path)
+    the_plan = objective.plan(config)
     pre = from_pretrained(path, seed=0)
-    model = objective.build_model(pre, objective.plan(config), config)
+    model = objective.build_model(pre, the_plan, config)
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
     _, abstract, shardings, fn = train.setup_step(model, config, mesh)
     batch = step_mfu.synthetic_batch(config, pre.config.vocab_size, 0)
+    batch = {k: batch[k] for k in the_plan.batch_keys}
     compiled = fn.lower(train.abstract_with_shardings(abstract, shardings), batch).compile()
     cost = compiled.cost_analysis()
     xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
-    ours = step_mfu.step_flops(pre.config, 8, 32, config.data.mlm_max_predictions)
-    print(f"\nSoftMCL step FLOPs, tiny BERT 8x32: ours {ours:.3e}, XLA {xla:.3e} "
+    ours = step_mfu.step_flops(pre.config, the_plan, rows=8, seq=32, sentences=8,
+                               predictions=config.data.mlm_max_predictions)
+    print(f"\n{name} step FLOPs, tiny BERT 8x32: ours {ours:.3e}, XLA {xla:.3e} "
           f"({ours / xla:.2f})")
     assert 0.8 * xla <= ours <= xla
+
+
+def test_queues_hold_a_fixed_number_of_batches_then_of_keys():
+    path = encoder.random_checkpoint("tiny-bert")
+    assert step_mfu.set_queues(_config("softmcl", path, batch=256, seq=128)) == {
+        "soft_sentence": 256 * 32, "soft_word": 256 * 4 * 16}
+    assert step_mfu.set_queues(_config("softmcl", path, batch=4096, seq=128)) == {
+        "soft_sentence": 8192, "soft_word": 4096 * 4}  # 2 and 1 batches: the keys of batch 256
+    assert step_mfu.set_queues(_config("softmcl", path)) == {"soft_sentence": 256,
+                                                              "soft_word": 512}
 
 
 def test_script_runs_on_cpu():
@@ -56,8 +75,7 @@ def test_packed_batches_hold_the_same_sentences():
     once in its row at its start, in the fewest rows that hold every batch."""
     from softmcl_jax.data import packing
 
-    args = argparse.Namespace(dtype="float32", remat=False, batch=16, seq=32, packing=True)
-    config = step_mfu.softmcl_config(args, encoder.random_checkpoint("tiny-bert"))
+    config = _config("softmcl", encoder.random_checkpoint("tiny-bert"), batch=16, packing=True)
     plain = [step_mfu.synthetic_batch(config, 1000, i) for i in range(3)]
     packed = step_mfu.pack_batches(plain)
     rows = packed[0]["packed_input_ids"].shape[0]
