@@ -41,6 +41,12 @@ different ones). The CLI does that, uses the JAX trainer's data pipeline (numpy 
 order and MLM masks for the same seed) and writes ``metrics.jsonl`` in the same format, so its
 curve lies on top of ``main.py``'s with dropout off (with dropout on they differ by the dropout
 masks only: the two frameworks cannot draw the same ones).
+
+For timing (``benchmarks/accelerator.py``): ``compiled=True`` (CLI ``--compile``) runs the
+encoders through ``torch.compile``; ``config.model.dtype = "bfloat16"`` runs them under bf16
+autocast; ``mlm_at_targets=True`` computes the MLM logits at the ``data.mlm_max_predictions``
+scored positions per row only, as the JAX step does, instead of at every position (the same
+loss: positions without a target add nothing to it).
 """
 
 from __future__ import annotations
@@ -233,6 +239,36 @@ def gather_words(hidden: Tensor, token_mask: Tensor, per_sentence: int
     return vectors.reshape(b * per_sentence, -1), order, valid.reshape(-1)
 
 
+def mlm_head(encoder: nn.Module) -> Callable[[Tensor], Tensor]:
+    """The masked-LM head of a transformers ``*ForMaskedLM``: hidden (..., H) -> logits (..., V).
+
+    For logits at the scored positions only (:func:`mlm_targets`), as the JAX step computes them
+    with ``data.mlm_max_predictions > 0``; the model's own forward projects every position.
+    """
+    if hasattr(encoder, "lm_predictions"):  # DeBERTa-v2/v3: the decoder is the input embedding
+        embeddings = encoder.get_input_embeddings()
+        return lambda h: encoder.lm_predictions(h, embeddings)
+    for name in ("cls", "lm_head"):  # BERT (and legacy DeBERTa-v2 heads); RoBERTa
+        if hasattr(encoder, name):
+            return getattr(encoder, name)
+    if hasattr(encoder, "generator_lm_head"):  # ELECTRA's generator
+        return lambda h: encoder.generator_lm_head(encoder.generator_predictions(h))
+    raise ValueError(f"no masked-LM head known for {type(encoder).__name__}")
+
+
+IGNORE_INDEX = -100  # softmcl_jax.data.masking.IGNORE_INDEX: a position with nothing to predict
+
+
+def mlm_targets(hidden: Tensor, labels: Tensor, per_row: int) -> tuple[Tensor, Tensor]:
+    """The first ``per_row`` scored positions (label != -100) of each row: their hidden states
+    (B, M, H) and labels (B, M) (-100 where a row has fewer); the JAX ``scored_positions``."""
+    scored = labels != IGNORE_INDEX
+    order = torch.argsort((~scored).to(torch.int8), dim=1, stable=True)[:, :per_row]
+    kept = torch.take_along_dim(scored, order, dim=1)
+    picked = torch.where(kept, torch.take_along_dim(labels, order, dim=1), IGNORE_INDEX)
+    return torch.take_along_dim(hidden, order[..., None], dim=1), picked
+
+
 # ----------------------------------------------------------------------------------- optimizer
 
 
@@ -321,7 +357,9 @@ def softmcl(tr: TorchTrainer, b: Batch) -> PresetOut:
     o = tr.config.objective
     ss, sw = o.soft_sentence, o.soft_word
     mask, valid = b["attention_mask"], b["valid"]
-    hidden, logits = tr.encode(tr.online, b["mlm_input_ids"], mask, mlm=mlm_on(tr.config))
+    # With tr.mlm_at_targets the MLM logits come after the contrasts, at the scored positions.
+    hidden, logits = tr.encode(tr.online, b["mlm_input_ids"], mask,
+                               mlm=mlm_on(tr.config) and not tr.mlm_at_targets)
     with torch.no_grad():  # the momentum encoder gives no gradient
         k_hidden, _ = tr.encode(tr.ema, b["input_ids"], mask, mlm=False)
     heads, ema_heads = tr.online["heads"], tr.ema["heads"]
@@ -360,7 +398,12 @@ def softmcl(tr: TorchTrainer, b: Batch) -> PresetOut:
     metrics = {"words_per_sentence": w_valid.sum() / valid.sum().clamp(min=1)}
 
     if mlm_on(tr.config):
-        losses["mlm"] = T.masked_lm_loss(logits.float(), b["mlm_labels"])
+        labels = b["mlm_labels"]
+        if logits is None:
+            at, labels = mlm_targets(hidden, labels, tr.config.data.mlm_max_predictions)
+            with tr.autocast():
+                logits = tr.mlm_head(at)
+        losses["mlm"] = T.masked_lm_loss(logits.float(), labels)
     return losses, metrics, enqueue
 
 
@@ -473,15 +516,20 @@ class TorchTrainer:
       init_heads_from: the JAX heads' initial params ``{name: flax params}`` (e.g.
         ``state.params["heads"]``); None draws fresh ones from ``config.seed`` (torch's RNG).
       device: torch device.
+      compiled: ``torch.compile`` the encoders (and the MLM head at the targets).
+      mlm_at_targets: MLM logits at the scored positions only (``data.mlm_max_predictions``
+        per row; every position when that is 0), not at all B x L.
     """
 
     def __init__(self, config: Any, model_dir: str, *,
                  init_heads_from: Mapping[str, Any] | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", compiled: bool = False,
+                 mlm_at_targets: bool = False):
         self.preset = preset_of(config)
-        if config.model.dtype != "float32":
-            raise ValueError("the PyTorch baseline runs in float32 only "
+        if config.model.dtype not in ("float32", "bfloat16"):
+            raise ValueError("the PyTorch baseline runs in float32 or bfloat16 (autocast) only "
                              f"(config.model.dtype={config.model.dtype!r})")
+        self.bf16 = config.model.dtype == "bfloat16"
         # The JAX trainer's start-up checks (and messages), e.g. a queue size that is not a
         # multiple of the keys written per step: config validation, not computation, so the
         # reference need not restate it.
@@ -521,6 +569,33 @@ class TorchTrainer:
                     valid=torch.zeros(size, dtype=torch.bool, device=self.device))
         self.optimizer = make_optimizer(self.params, config)
         self.step_count = 0
+        self.mlm_at_targets = (mlm_at_targets and self.mlm
+                               and config.data.mlm_max_predictions > 0)
+        self.mlm_head = mlm_head(encoder) if self.mlm_at_targets else None
+        if compiled:
+            self._compile()
+
+    def _compile(self) -> None:
+        """``torch.compile`` the modules :meth:`encode` calls (in place: the parameters, state
+        dict and EMA updates are unchanged), and the MLM head at the targets.
+
+        The encoders and the head are the step's FLOPs; the losses index by boolean masks
+        (data-dependent shapes) and the queue pointer is a Python int, so a compiled whole step
+        would break its graph there anyway. Compiled after the EMA and frozen copies are taken:
+        a deep copy of a compiled module would call the original's compiled forward.
+        """
+        online = self.online["encoder"]
+        (online if self.mlm and not self.mlm_at_targets else online.base_model).compile()
+        for copy_ in (self.ema, self.frozen):
+            if copy_ is not None:
+                copy_["encoder"].base_model.compile()
+        if self.mlm_head is not None:
+            self.mlm_head = torch.compile(self.mlm_head)
+
+    def autocast(self) -> torch.autocast:
+        """bf16 matmuls for ``model.dtype = "bfloat16"`` (parameters, heads and losses stay fp32,
+        as in the JAX step); a no-op context in fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     @staticmethod
     def _frozen_copy(module: nn.Module) -> nn.Module:
@@ -531,10 +606,11 @@ class TorchTrainer:
                ) -> tuple[Tensor, Tensor | None]:
         """(last hidden state (B, L, H), MLM logits (B, L, V) or None) of ``module``'s encoder."""
         enc = module["encoder"]
-        if mlm:
-            out = enc(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            return out.hidden_states[-1], out.logits
-        return enc.base_model(input_ids=ids, attention_mask=mask).last_hidden_state, None
+        with self.autocast():
+            if mlm:
+                out = enc(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+                return out.hidden_states[-1], out.logits
+            return enc.base_model(input_ids=ids, attention_mask=mask).last_hidden_state, None
 
     def queue_args(self, term: str, values_key: str | None = None) -> dict[str, Tensor]:
         """``term``'s queue as loss keyword arguments; {} without one."""
@@ -655,7 +731,8 @@ def main(argv: list[str]) -> None:
     os.makedirs(workdir, exist_ok=True)
     torch.set_num_threads(f.threads or torch.get_num_threads())
     init_dir, heads, tokenizer = jax_initialised_model(config, os.path.join(workdir, "init"))
-    trainer = TorchTrainer(config, init_dir, init_heads_from=heads, device=f.device)
+    trainer = TorchTrainer(config, init_dir, init_heads_from=heads, device=f.device,
+                           compiled=f.compile)
 
     probe = loop.probe_data(config) if config.probe.enabled else None
     # The JAX trainer's pipeline (its data prepared with the probe's sentences left out);
@@ -711,6 +788,7 @@ def _cli() -> None:
                          "always spans config.total_steps, as in main.py).")
     flags.DEFINE_string("workdir", None, "Output folder (default workdir/torch_<config.name>).")
     flags.DEFINE_string("device", "cpu", "torch device.")
+    flags.DEFINE_bool("compile", False, "torch.compile the encoders.")
     flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: torch's default).")
     flags.mark_flags_as_required(["config"])
     app.run(main)
