@@ -40,6 +40,10 @@ def get_base() -> ml_collections.ConfigDict:
     c.model.name_or_path = "minilm"
     c.model.dtype = "float32"  # compute dtype; parameters are always float32
     c.model.remat = False
+    # Hidden and attention dropout of the trained encoder: None keeps the checkpoint's rates
+    # (0.1 for BERT-style models); a number sets both (0.0 = none: the chunked and the unchunked
+    # step then give the same gradients). SimCSE's positives differ only in dropout.
+    c.model.dropout = config_dict.placeholder(float)
     c.model.pooling = "mean"  # sentence vector: "mean" over tokens or "cls"
     c.model.max_len = 64
 
@@ -113,6 +117,14 @@ def get_base() -> ml_collections.ConfigDict:
     c.optimizer.eps = 1e-8
     c.optimizer.clip_norm = 1.0
     c.optimizer.grad_accum_steps = 1
+
+    # Gradient caching (softmcl_jax/grad_cache.py): with chunk > 0 every encoder pass runs chunk
+    # by chunk, `chunk` sentences per device at a time (packed: the rows holding about as many),
+    # and no chunk's activations outlive its own backward pass, so memory stops growing with
+    # the batch of the in-batch terms (infonce, softcse, supcon, lcl, vsp, soft_*) at the price
+    # of a second forward of the online passes. 0 = off. Must divide the per-device batch.
+    c.grad_cache = ml_collections.ConfigDict()
+    c.grad_cache.chunk = 0
 
     c.head = ml_collections.ConfigDict()
     c.head.dim = 128  # output width of the contrastive heads (sentence, word, projection)

@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from softmcl_jax import objective
+from softmcl_jax import grad_cache, objective
 from softmcl_jax.cli_config import check_finite
 from softmcl_jax.data import prepared
 from softmcl_jax.data.rating_units import RATING_UNITS
@@ -110,6 +110,16 @@ def _check_gradients(the_plan: objective.Plan, config: ml_collections.ConfigDict
         f"{' and '.join(f'config.objective.{t}' for t in dead)} to 0")
 
 
+def batch_shards(config: ml_collections.ConfigDict) -> int:
+    """The devices the batch is split over (``sharding.make_mesh``: ``mesh.data`` x
+    ``mesh.fsdp``, -1 taking every device of the job)."""
+    if config.mesh.data == -1:
+        import jax
+
+        return jax.device_count()
+    return config.mesh.data * config.mesh.fsdp
+
+
 def validate(config: ml_collections.ConfigDict) -> objective.Plan:
     """Check ``config``; returns its objective plan. Raises ``ValueError`` naming the field."""
     c = config
@@ -139,6 +149,10 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
     _require(m.pooling in POOLINGS, "model.pooling", m.pooling, f"is not one of {POOLINGS}")
     _require(m.max_len >= 2, "model.max_len", m.max_len, "must be >= 2 (special tokens)")
     _check_max_len(m.name_or_path, m.max_len)
+    if m.dropout is not None:
+        _require(0 <= m.dropout < 1, "model.dropout", m.dropout,
+                 "must be in [0, 1) (None keeps the checkpoint's rates)")
+    grad_cache.check(c.grad_cache.chunk, c.batch_size, batch_shards(c))
     _require(c.head.dim >= 1, "head.dim", c.head.dim, "must be >= 1")
     _require(0 <= c.momentum.decay < 1, "momentum.decay", c.momentum.decay, "must be in [0, 1)")
 

@@ -69,7 +69,8 @@ def setup_model(config: ml_collections.ConfigDict, the_plan: objective.Plan | No
     the_plan = objective.plan(config) if the_plan is None else the_plan
     path = resolve_name(config.model.name_or_path)
     pretrained = from_pretrained(path, dtype=DTYPES[config.model.dtype],
-                                 remat=config.model.remat, seed=config.seed)
+                                 remat=config.model.remat, seed=config.seed,
+                                 dropout=config.model.dropout)
     # validate checks local models; a hub id's position table is known only now.
     check_length(pretrained.config, config.model.max_len,
                  f"config.model.max_len={config.model.max_len}")

@@ -53,6 +53,12 @@ class Model:
             {"params": params["encoder"]}, input_ids, attention_mask, train=train, mlm=mlm,
             rngs=rngs, **kw)
 
+    def mlm_head(self, params: Any, at: jax.Array) -> jax.Array:
+        """The encoder's MLM logits (..., V) of token vectors ``at`` (..., H) computed elsewhere
+        (gradient caching runs the encoder and this head chunk by chunk)."""
+        return self.pretrained.module.apply({"params": params["encoder"]}, None, None,
+                                            mlm=True, encoder_output=at)["logits"]
+
     def head(self, params: Any, name: str, x: jax.Array) -> jax.Array:
         return self.heads[name].apply({"params": params["heads"][name]}, x)
 

@@ -14,6 +14,7 @@ on them (``terms.TERMS``) and returns ``sum_t weight_t * loss_t`` with the metri
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,9 +22,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
+from softmcl_jax import grad_cache, losses, sharding
 from softmcl_jax.model import Model
-from softmcl_jax.models import Pretrained
+from softmcl_jax.models import Pretrained, layers
 from softmcl_jax.models.heads import MLPHead, scored_positions
 from softmcl_jax.terms import TERMS, QueueNeed
 
@@ -250,15 +253,19 @@ class Context:
 
     def __init__(self, model: Model, the_plan: Plan, config: ml_collections.ConfigDict,
                  params: Any, ema: Any, frozen: Any, batch: dict[str, jax.Array],
-                 queues: dict[str, Any], rng: jax.Array):
+                 queues: dict[str, Any], rng: jax.Array, mesh: Mesh | None = None):
         self.model, self.config, self.batch, self.queues = model, config, batch, queues
         self.valid = batch["valid"]
+        # Gradient caching: the batch's devices (each chunks its own rows) and chunks per pass.
+        shards = 1 if mesh is None else sharding.batch_size_per_axis(mesh)
+        chunks = grad_cache.num_chunks(config, shards)
+        self.mlm_token_loss = None
         self._params = {"online": params, "ema": None if ema is None else sg(ema),
                         "frozen": None if frozen is None else sg(frozen)}
         self._outputs: dict[str, dict[str, jax.Array]] = {}
         self._views: dict[str, int] = {}
         self._cache: dict[Any, jax.Array] = {}
-        self.mlm_logits = self.mlm_labels = self.mlm_left_out = None
+        self.mlm_labels = self.mlm_left_out = None
         self.packed = "segment_ids" in batch
         n_train = 0
         for p in the_plan.passes:
@@ -267,7 +274,9 @@ class Context:
             # With packing the encoder sees rows of several sentences, masked to each segment.
             segments = batch["segment_ids"] if self.packed else None
             mask = (segments > 0).astype(jnp.int32) if self.packed else batch["attention_mask"]
-            if p.views > 1:  # one forward over the stacked views: they differ only in dropout
+            if p.views > 1 and not chunks:
+                # One forward over the stacked views: they differ only in dropout (chunked: each
+                # chunk stacks its rows' views, grad_cache.to_chunks).
                 ids, mask = jnp.concatenate([ids] * p.views), jnp.concatenate([mask] * p.views)
                 if self.packed:
                     segments = jnp.concatenate([segments] * p.views)
@@ -289,20 +298,48 @@ class Context:
                 if self.packed:
                     positions = positions + batch["sentence_start"][:, None]
                     rows = batch["sentence_row"]
-            kw = {"segment_ids": segments, "mlm_rows": rows} if self.packed else {}
-            out = model.forward(self._params[p.copy], ids, mask, train=p.train, rng=pass_rng,
-                                mlm=p.mlm_logits, mlm_positions=positions, **kw)
-            if not p.train:
-                out = sg(out)
-            if p.mlm_logits:
-                self.mlm_logits = out["logits"]
-            hidden = out["last_hidden_state"]
+            if chunks:
+                hidden = self._chunked(p, ids, mask, segments, pass_rng, shards, chunks, mesh)
+                if p.mlm_logits:
+                    at = layers.at_positions(hidden, positions, rows)
+                    head = functools.partial(model.mlm_head, self._params[p.copy])
+                    self.mlm_token_loss = grad_cache.mlm_token_losses(
+                        head, at, self.mlm_labels, shards=shards, chunks=chunks, mesh=mesh)
+            else:
+                kw = {"segment_ids": segments, "mlm_rows": rows} if self.packed else {}
+                out = model.forward(self._params[p.copy], ids, mask, train=p.train,
+                                    rng=pass_rng, mlm=p.mlm_logits, mlm_positions=positions,
+                                    **kw)
+                if not p.train:
+                    out = sg(out)
+                if p.mlm_logits:
+                    self.mlm_token_loss = losses.masked_lm_loss(out["logits"], self.mlm_labels,
+                                                                reduction="none")
+                hidden = out["last_hidden_state"]
             if self.packed:
                 hidden = unpack(hidden, batch["sentence_row"], batch["sentence_start"], p.views)
             self._outputs[p.name] = {
                 "last_hidden_state": hidden,
                 "attention_mask": jnp.concatenate([batch["attention_mask"]] * p.views)}
             self._views[p.name] = p.views
+
+    def _chunked(self, p: Pass, ids: jax.Array, mask: jax.Array, segments: jax.Array | None,
+                 rng: jax.Array | None, shards: int, chunks: int, mesh: Mesh | None
+                 ) -> jax.Array:
+        """The token vectors of pass ``p`` (views * rows, L, H), chunk by chunk (grad_cache)."""
+        params = self._params[p.copy]
+        inputs = {"ids": ids, "mask": mask}
+        if segments is not None:
+            inputs["segments"] = segments
+
+        def forward(x, key):
+            kw = {"segment_ids": x["segments"]} if "segments" in x else {}
+            return self.model.forward(params, x["ids"], x["mask"], train=p.train, rng=key,
+                                      **kw)["last_hidden_state"]
+
+        hidden = grad_cache.encode(forward, inputs, views=p.views, shards=shards,
+                                   chunks=chunks, rng=rng, remat=p.train, mesh=mesh)
+        return hidden if p.train else sg(hidden)
 
     def _split(self, ref: str) -> tuple[str, str, int]:
         copy, inp, view = parse_pass(ref, "pass")
@@ -361,7 +398,7 @@ def term_weight(the_plan: Plan, name: str, step: jax.Array | int, total_steps: i
 
 def loss(model: Model, the_plan: Plan, config: ml_collections.ConfigDict, params: Any,
          ema: Any, frozen: Any, batch: dict[str, jax.Array], queues: dict[str, Any],
-         rng: jax.Array, step: jax.Array | int = 0
+         rng: jax.Array, step: jax.Array | int = 0, mesh: Mesh | None = None
          ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
     """``sum_t weight_t(step) * loss_t`` and (metrics, {queue name: (keys, values, valid)});
     a scheduled term's weight is in the metrics as ``weight/<t>``, the number of batch rows it
@@ -369,8 +406,10 @@ def loss(model: Model, the_plan: Plan, config: ml_collections.ConfigDict, params
     ``rows/<t>`` (int32).
 
     Differentiable in ``params`` only: the EMA and frozen copies pass through ``stop_gradient``.
+    ``mesh``: the devices the batch is split over; with ``config.grad_cache.chunk`` each chunks
+    its own rows (grad_cache.py).
     """
-    ctx = Context(model, the_plan, config, params, ema, frozen, batch, queues, rng)
+    ctx = Context(model, the_plan, config, params, ema, frozen, batch, queues, rng, mesh)
     total, metrics, enqueue = 0.0, {}, {}
     scheduled = dict(the_plan.weight_ends)
     for name, _ in the_plan.weights:

@@ -145,8 +145,11 @@ def _mlm_loss(ctx, knobs) -> TermOut:
     metrics = {}
     if ctx.mlm_left_out is not None:
         metrics["mlm_left_out"] = ctx.mlm_left_out.sum()  # 0 unless the data were not capped
-    return TermOut(losses.masked_lm_loss(ctx.mlm_logits, ctx.mlm_labels), metrics, None,
-                   ctx.valid)
+    # The mean over scored tokens of the per-token cross-entropy (0 where not scored), which
+    # the context computes at once or, with gradient caching, chunk by chunk.
+    scored = ctx.mlm_labels != -100
+    value = jnp.sum(ctx.mlm_token_loss) / jnp.maximum(jnp.sum(scored), 1)
+    return TermOut(value, metrics, None, ctx.valid)
 
 
 # ------------------------------------------------------------------- SoftMCL soft labels

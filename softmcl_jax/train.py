@@ -146,15 +146,17 @@ def state_shardings(abstract: TrainState, mesh: Mesh) -> TrainState:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], constants: dict[str, Any], *,
                model: Model, the_plan: objective.Plan, config: ml_collections.ConfigDict,
-               tx: optax.GradientTransformation, schedule: optax.Schedule
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimisation step of the planned objective; pure, to be jitted with shardings."""
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               mesh: Mesh | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimisation step of the planned objective; pure, to be jitted with shardings
+    (``mesh``: the batch's devices, which gradient caching chunks each on its own rows)."""
     # Dropout and any other randomness: a function of (seed, step) only, so resume is exact.
     rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
         return objective.loss(model, the_plan, config, params, state.ema_params,
-                              constants.get("frozen"), batch, state.queues, rng, state.step)
+                              constants.get("frozen"), batch, state.queues, rng, state.step,
+                              mesh)
 
     (loss, (metrics, to_enqueue)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
@@ -247,7 +249,7 @@ def setup_step(model: Model, config: ml_collections.ConfigDict, mesh: Mesh,
     const_shardings = sharding.param_shardings(constants, mesh)
     constants = jax.device_put(constants, const_shardings)
     step = functools.partial(train_step, model=model, the_plan=the_plan, config=config, tx=tx,
-                             schedule=schedule)
+                             schedule=schedule, mesh=mesh)
     jitted = jax.jit(step,
                      in_shardings=(shardings, sharding.batch_sharding(mesh), const_shardings),
                      out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)

@@ -52,6 +52,10 @@ MAY_CHANGE_ON_RESUME = (
     # How the probe is computed, not which sentences it holds out of training (probe.enabled,
     # n_train, n_test and seed decide that, so they may not change).
     "probe.batch_size",
+    # How much of the batch each encoder pass holds at once (a memory knob, for a run that ran
+    # out of memory): with dropout off the same gradients; with dropout on the masks are drawn
+    # per chunk, another draw of the same distribution.
+    "grad_cache.",
 )
 
 

@@ -296,6 +296,8 @@ class BertLikeMaskedLM(_Common):
     Packed rows: ``segment_ids`` as in :class:`BertLikeModel`; ``mlm_positions`` index the packed
     row, and with ``mlm_rows`` (S,) they are (S, M): sentence s's positions in row
     ``mlm_rows[s]`` (:func:`layers.at_positions`). The pooler reads token 0 of each row.
+    ``encoder_output`` (the base model's ``last_hidden_state``, computed elsewhere: gradient
+    caching runs the encoder chunk by chunk) runs only the MLM head on it.
     """
 
     remat: bool = False
@@ -304,15 +306,18 @@ class BertLikeMaskedLM(_Common):
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                  token_type_ids: jax.Array | None = None, *, train: bool = False,
                  mlm: bool = True, mlm_positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, mlm_rows: jax.Array | None = None
-                 ) -> dict[str, jax.Array]:
+                 segment_ids: jax.Array | None = None, mlm_rows: jax.Array | None = None,
+                 encoder_output: jax.Array | None = None) -> dict[str, jax.Array]:
         c = self.config
         args = (c, self.dtype, self.param_dtype)
-        if token_type_ids is None:
+        if token_type_ids is None and input_ids is not None:
             token_type_ids = jnp.zeros_like(input_ids)
         base = BertLikeModel(*args, remat=self.remat, name=c.family)
-        hidden, pooled = base(input_ids, attention_mask, token_type_ids, train=train,
-                              segment_ids=segment_ids)
+        if encoder_output is None:
+            hidden, pooled = base(input_ids, attention_mask, token_type_ids, train=train,
+                                  segment_ids=segment_ids)
+        else:  # the encoder ran elsewhere (chunk by chunk): only the MLM head runs
+            hidden, pooled = encoder_output, None
         out = {"last_hidden_state": hidden}
         if pooled is not None:
             out["pooler_output"] = pooled

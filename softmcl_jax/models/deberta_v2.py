@@ -428,6 +428,8 @@ class DebertaV2MaskedLM(_Common):
     Packed rows: ``segment_ids`` as in :class:`DebertaModel`; ``mlm_positions`` index the packed
     row, and with ``mlm_rows`` (S,) they are (S, M): sentence s's positions in row
     ``mlm_rows[s]`` (:func:`layers.at_positions`).
+    ``encoder_output`` (the base model's ``last_hidden_state``, computed elsewhere: gradient
+    caching runs the encoder chunk by chunk) runs only the MLM head on it.
     """
 
     remat: bool = False
@@ -436,18 +438,22 @@ class DebertaV2MaskedLM(_Common):
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                  token_type_ids: jax.Array | None = None, *, train: bool = False,
                  mlm: bool = True, mlm_positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None, mlm_rows: jax.Array | None = None
-                 ) -> dict[str, jax.Array]:
+                 segment_ids: jax.Array | None = None, mlm_rows: jax.Array | None = None,
+                 encoder_output: jax.Array | None = None) -> dict[str, jax.Array]:
         c = self.config
-        if c.position_biased_input and input_ids.shape[1] > c.max_position_embeddings:
+        if (encoder_output is None and c.position_biased_input
+                and input_ids.shape[1] > c.max_position_embeddings):
             raise ValueError(f"sequence length {input_ids.shape[1]} exceeds "
                              f"max_position_embeddings={c.max_position_embeddings}")
-        if token_type_ids is None:
+        if token_type_ids is None and input_ids is not None:
             token_type_ids = jnp.zeros_like(input_ids)
         args = (c, self.dtype, self.param_dtype)
         base = DebertaModel(*args, remat=self.remat, name="deberta")
-        hidden = base(input_ids, attention_mask, token_type_ids, train=train,
-                      segment_ids=segment_ids)
+        if encoder_output is None:
+            hidden = base(input_ids, attention_mask, token_type_ids, train=train,
+                          segment_ids=segment_ids)
+        else:  # the encoder ran elsewhere (chunk by chunk): only the MLM head runs
+            hidden = encoder_output
         out = {"last_hidden_state": hidden}
         if mlm:
             table = base.variables["params"]["embeddings"]["word_embeddings"]["embedding"]

@@ -10,6 +10,7 @@ newly initialised, and the loader says so loudly and lists them in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -325,8 +326,20 @@ def load_config(folder: str) -> transformers.PretrainedConfig:
     return transformers.AutoConfig.from_pretrained(folder)
 
 
+def with_dropout(hf_config: Any, rate: float | None) -> Any:
+    """``hf_config`` with hidden and attention dropout ``rate`` (a copy); None: unchanged."""
+    if rate is None:
+        return hf_config
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate {rate!r} must be in [0, 1)")
+    changed = copy.deepcopy(hf_config)
+    changed.hidden_dropout_prob = float(rate)
+    changed.attention_probs_dropout_prob = float(rate)
+    return changed
+
+
 def from_pretrained(path_or_hub_id: str, *, dtype: Any = jnp.float32, remat: bool = False,
-                    seed: int = 0) -> Pretrained:
+                    seed: int = 0, dropout: float | None = None) -> Pretrained:
     """Load a transformers checkpoint (folder or hub id) as a Flax module + fp32 params.
 
     Args:
@@ -335,13 +348,16 @@ def from_pretrained(path_or_hub_id: str, *, dtype: Any = jnp.float32, remat: boo
       dtype: compute dtype (``jnp.bfloat16`` for mixed precision); parameters stay float32.
       remat: rematerialise each transformer layer in the backward pass.
       seed: initialises heads the checkpoint lacks (reported in ``newly_initialized``).
+      dropout: None keeps the checkpoint's rates; a number sets the hidden and the attention
+        dropout of the module (0.0: none). ``Pretrained.config`` keeps the checkpoint's own
+        rates, so an export's config.json is the checkpoint's.
     Raises:
       CheckpointError: missing file, unsupported architecture, a missing or mis-shaped tensor.
     """
     folder = _resolve(path_or_hub_id)
     hf_config = load_config(folder)
     arch = ARCHITECTURES[hf_config.model_type]
-    module = arch.build(hf_config, dtype, remat)
+    module = arch.build(with_dropout(hf_config, dropout), dtype, remat)
     state, source = read_state_dict(folder)
 
     ids = jnp.zeros((1, 8), jnp.int32)
