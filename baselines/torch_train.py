@@ -703,18 +703,27 @@ def jax_initialised_model(config: Any, out_dir: str) -> tuple[str, dict[str, Any
     head the checkpoint lacks from the seed) and draws its heads from the seed; saving those
     params here gives torch the identical starting point.
     """
-    import jax
-
-    from softmcl_jax import loop, sharding, train
-    from softmcl_jax.models import save_pretrained
+    from softmcl_jax import loop
 
     preset_of(config)  # refuse an objective torch does not implement before anything is written
     pretrained, tokenizer, model = loop.setup_model(config)
+    return out_dir, write_jax_initial(config, pretrained, model, out_dir), tokenizer
+
+
+def write_jax_initial(config: Any, pretrained: Any, model: Any, out_dir: str) -> dict[str, Any]:
+    """Write the initial encoder the JAX trainer makes of ``pretrained`` and ``model`` (as
+    ``softmcl_jax.loop.setup_model`` returns them) to ``out_dir``, with the MLM head when the mlm
+    term is on; return its initial heads ``{name: flax params}`` (``init_heads_from``)."""
+    import jax
+
+    from softmcl_jax import sharding, train
+    from softmcl_jax.models import save_pretrained
+
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
     state = train.setup_step(model, config, mesh).init()
     params = jax.device_get(state.params)
     save_pretrained(pretrained, params["encoder"], out_dir, with_mlm_head=mlm_on(config))
-    return out_dir, params["heads"], tokenizer
+    return params["heads"]
 
 
 def main(argv: list[str]) -> None:

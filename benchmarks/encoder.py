@@ -49,14 +49,16 @@ RANDOM_CONFIGS = {
 }
 
 
-def random_checkpoint(name: str) -> str:
+def random_checkpoint(name: str, folder: str | None = None, **overrides) -> str:
+    """A transformers folder of architecture ``name`` with random weights (in ``folder``, else a
+    new temporary one); ``overrides`` replace config fields (e.g. ``hidden_dropout_prob=0.0``)."""
     import tempfile
 
     import transformers
 
     cls_name, kwargs = RANDOM_CONFIGS[name]
-    config = getattr(transformers, cls_name)(**kwargs)
-    folder = tempfile.mkdtemp(prefix=f"{name}-random-")
+    config = getattr(transformers, cls_name)(**dict(kwargs, **overrides))
+    folder = folder or tempfile.mkdtemp(prefix=f"{name}-random-")
     transformers.AutoModel.from_config(config).save_pretrained(folder)
     return folder
 

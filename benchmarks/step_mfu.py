@@ -168,8 +168,8 @@ def measure(config, path: str, *, repeats: int) -> dict:
 
     Returns the sorted step times and the compile call's, the layout (rows per step, the real
     tokens of every step's batch, counted from what the encoder reads), the model FLOPs per step
-    on those rows and on the padded batch's real tokens (:func:`step_flops`), the first step's
-    loss and the device's peak memory where it reports one.
+    on those rows and on the padded batch's real tokens (:func:`step_flops`), every step's loss
+    and gradient norm, and XLA's memory plan of the step (:func:`planned_memory_gib`).
     """
     import jax
 
@@ -178,7 +178,8 @@ def measure(config, path: str, *, repeats: int) -> dict:
 
     the_plan = objective.plan(config)
     pretrained = from_pretrained(path, dtype=DTYPES[config.model.dtype],
-                                 remat=config.model.remat, seed=config.seed)
+                                 remat=config.model.remat, seed=config.seed,
+                                 dropout=config.model.dropout)
     model = objective.build_model(pretrained, the_plan, config)
     mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
     init, _, _, step_fn = train.setup_step(model, config, mesh, the_plan)
@@ -192,33 +193,52 @@ def measure(config, path: str, *, repeats: int) -> dict:
     tokens = [real_tokens(b) for b in batches]
     b, s = config.batch_size, config.model.max_len
     rows = batches[0]["packed_input_ids" if config.data.packing else "input_ids"].shape[0]
-    losses = []
+    losses, grad_norms = [], []
+    t0 = time.perf_counter()
+    # Compiled ahead of time: the compile time on its own, and XLA's memory plan of the step.
+    compiled = step_fn.lower(state, batches[0]).compile()
+    compile_s = time.perf_counter() - t0
 
     def run(i: int) -> float:
         nonlocal state
         t0 = time.perf_counter()
-        state, metrics = step_fn(state, batches[i])
+        state, metrics = compiled(state, batches[i], step_fn.constants)
         scalars = train.host_scalars(metrics)  # waits for the step, as a logging step does
         if not np.isfinite(scalars["loss"]):
             raise RuntimeError(f"step {i}: loss {scalars['loss']}")
         losses.append(scalars["loss"])
+        grad_norms.append(scalars["grad_norm"])
         return time.perf_counter() - t0
 
-    compile_s = run(0)
+    first_s = run(0)
     times = sorted(run(i) for i in range(1, repeats + 1))
     m = config.data.mlm_max_predictions or s
     real = sum(padded_tokens) / (len(padded_tokens) * b * s)
-    stats = jax.devices()[0].memory_stats() or {}
     return dict(
-        times=times, compile_s=compile_s, rows=rows, batch=b, seq=s, real_tokens=tokens,
-        real_fraction=real, first_loss=losses[0], mlm_predictions=m,
+        times=times, compile_s=compile_s, first_s=first_s, rows=rows, batch=b, seq=s,
+        real_tokens=tokens, memory_gib=planned_memory_gib(compiled),
+        real_fraction=real, first_loss=losses[0], losses=losses, grad_norms=grad_norms,
+        mlm_predictions=m,
         queues={q.name: config.objective[q.name].queue_size for q in the_plan.queues},
         flops=step_flops(pretrained.config, the_plan, rows=rows, seq=s, sentences=b,
                          predictions=m),
         useful_flops=real * step_flops(pretrained.config, the_plan, rows=b, seq=s, sentences=b,
-                                       predictions=m),
-        peak_memory_gib=stats["peak_bytes_in_use"] / 2**30 if "peak_bytes_in_use" in stats
-        else None)
+                                       predictions=m))
+
+
+def planned_memory_gib(compiled) -> float | None:
+    """The device memory XLA plans for one call of ``compiled``: its arguments (the state and
+    the batch), outputs not aliased to a donated argument, and temporaries (the activations);
+    None where the backend gives no analysis."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if m is None:
+        return None
+    used = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+            + m.temp_size_in_bytes)
+    return used / 2**30
 
 
 def figures(result: dict, peak: float | None) -> dict:
@@ -232,6 +252,10 @@ def figures(result: dict, peak: float | None) -> dict:
         tflops=result["flops"] / med / 1e12,
         mfu=result["flops"] / med / peak if peak else None,
         mfu_real_tokens=result["useful_flops"] / med / peak if peak else None)
+
+
+def gib(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def device_peak() -> tuple[str, float | None]:
@@ -287,11 +311,12 @@ def main() -> None:
         f"{report.versions('jax', 'jaxlib', 'flax', 'optax')}.",
         "",
         "| layout | s/step (median) | min s | steps/s | sequences/s | model TFLOP/step | "
-        "TFLOP/s | MFU | MFU on real tokens | compile s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "TFLOP/s | MFU | MFU on real tokens | compile s | XLA memory plan GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {'packed' if args.packing else 'padded'} | {f['median_s']:.4f} | {f['min_s']:.4f} | "
         f"{f['steps_per_s']:.2f} | {f['sequences_per_s']:.1f} | {f['tflop_per_step']:.3f} | "
-        f"{f['tflops']:.2f} | {mfu} | {mfu_real} | {res['compile_s']:.1f} |",
+        f"{f['tflops']:.2f} | {mfu} | {mfu_real} | {res['compile_s']:.1f} | "
+        f"{gib(res['memory_gib'])} |",
     ]
     table = "\n".join(lines)
     print(table)
