@@ -444,7 +444,10 @@ def section(doc: dict[str, Any]) -> tuple[str, str]:
         + f"; gradient caching at batch {s.cache_batch}, {s.cache_chunk} sentences per chunk. "
         f"Median of {s.repeats} steps after the compiling call; PyTorch: "
         "`baselines/torch_train.TorchTrainer` (bf16 autocast, MLM logits at the scored "
-        "positions), charged the padded JAX step's model FLOPs.",
+        "positions), charged the padded JAX step's model FLOPs. Gradient caching's second "
+        "forward of each chunk is not in the model FLOPs. Memory: JAX, XLA's plan of the "
+        "step (arguments, outputs not aliased to them, temporaries); PyTorch, the peak "
+        "allocated.",
         "",
         f"Machine: {doc['machine'] or 'n/a'}. Versions: {doc['versions']}.",
         "",

@@ -63,8 +63,12 @@ def random_checkpoint(name: str, folder: str | None = None, **overrides) -> str:
     return folder
 
 
-# Dense bf16 peak of the accelerators we may run on (vendor figures), for model-FLOPs utilisation.
-PEAK_BF16_FLOPS = {"NVIDIA H200": 989e12, "NVIDIA H100 80GB HBM3": 989e12}
+# Dense bf16 peak of the accelerators we may run on (vendor figures), for model-FLOPs utilisation,
+# by the device kind JAX reports (torch.cuda.get_device_name gives the same for NVIDIA GPUs).
+PEAK_BF16_FLOPS = {"NVIDIA H200": 989e12, "NVIDIA H100 80GB HBM3": 989e12,
+                   "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
+                   "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
+                   "TPU v6 lite": 918e12}
 
 
 def train_flops(config, batch: int, seq: int) -> float:

@@ -207,3 +207,36 @@ def test_goals_are_judged_against_the_h200_figures():
                  "MFU against the 989 TFLOP/s dense bf16 peak."):
         assert line in body, (line, body)
     assert doc["checks"]["compile_vs_eager"] == {}  # eager failed: nothing to compare
+
+
+def test_the_torch_steps_options_keep_the_step(tmp_path):
+    """What the PyTorch cases switch on: MLM logits at the scored positions only give the loss
+    and gradients of logits everywhere; bf16 autocast runs the encoder in bf16 (its hidden
+    states move by bf16 rounding) and keeps the step (the loss within that rounding)."""
+    import step_mfu
+    import torch
+
+    from baselines.torch_train import TorchTrainer
+
+    path = acc.encoder.random_checkpoint("tiny-bert", str(tmp_path / "model"),
+                                         hidden_dropout_prob=0.0,
+                                         attention_probs_dropout_prob=0.0)
+
+    def trainer(dtype: str, **kw) -> tuple[TorchTrainer, dict]:
+        config = step_mfu.step_config(acc.config_file("softmcl"), path, batch=8, seq=32,
+                                      dtype=dtype)
+        # Same seed: the same torch-drawn MLM head and heads in every trainer.
+        return TorchTrainer(config, path, **kw), step_mfu.synthetic_batch(config, 2000, 0)
+
+    (t_full, batch), (t_at, _) = trainer("float32"), trainer("float32", mlm_at_targets=True)
+    t_bf16, _ = trainer("bfloat16", mlm_at_targets=True)
+    ids, mask = (torch.as_tensor(batch[k]).long() for k in ("input_ids", "attention_mask"))
+    with torch.no_grad():
+        h32, h16 = (t.encode(t.online, ids, mask, mlm=False)[0] for t in (t_at, t_bf16))
+    moved = float((h16.float() - h32).norm() / h32.norm())
+    full, at, bf16 = (t.step(batch) for t in (t_full, t_at, t_bf16))
+    print(f"\nbf16 hidden states vs fp32: {moved:.1e}; loss {bf16['loss']} vs {at['loss']}")
+    assert 5e-5 < moved < 3e-2  # fp32 rounding alone is ~1e-7
+    for key in ("loss/mlm", "loss", "grad_norm"):
+        assert at[key] == pytest.approx(full[key], rel=1e-6), key
+        assert bf16[key] == pytest.approx(at[key], rel=2e-2), key
