@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import gc
 import glob
 import json
 import math
@@ -186,8 +187,9 @@ class TorchSide:
         name = torch.cuda.get_device_name(0) if self.device == "cuda" else "CPU"
         return dict(device=name, versions=report.versions("torch", "transformers"))
 
-    def initial(self, case: Case, path: str) -> tuple[Any, str, dict[str, Any]]:
-        """(the padded case's config, the folder of the JAX initial encoder, its heads)."""
+    def initial(self, case: Case, path: str) -> tuple[Any, str, dict[str, Any], Any]:
+        """(the padded JAX case's config, the folder of the JAX trainer's initial encoder, its
+        initial heads, the encoder's transformers config), made once per model."""
         if case.model not in self.inits:
             from baselines.torch_train import write_jax_initial
             from softmcl_jax import objective
@@ -217,6 +219,7 @@ class TorchSide:
         tokens = [step_mfu.real_tokens(x) for x in batches]
         cuda = self.device == "cuda"
         if cuda:
+            gc.collect()  # the previous case's trainer
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         trainer = TorchTrainer(config, folder, init_heads_from=heads, device=self.device,

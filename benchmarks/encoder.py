@@ -49,16 +49,20 @@ RANDOM_CONFIGS = {
 }
 
 
-def random_checkpoint(name: str, folder: str | None = None, **overrides) -> str:
-    """A transformers folder of architecture ``name`` with random weights (in ``folder``, else a
-    new temporary one); ``overrides`` replace config fields (e.g. ``hidden_dropout_prob=0.0``)."""
+def random_checkpoint(name: str, folder: str | None = None, seed: int = 0, **overrides) -> str:
+    """A transformers folder of architecture ``name`` with random weights drawn from ``seed``
+    (in ``folder``, else a new temporary one); ``overrides`` replace config fields (e.g.
+    ``hidden_dropout_prob=0.0``). The same weights every call, so that the cases of split runs
+    (benchmarks/accelerator.py) start from one model."""
     import tempfile
 
+    import torch
     import transformers
 
     cls_name, kwargs = RANDOM_CONFIGS[name]
     config = getattr(transformers, cls_name)(**dict(kwargs, **overrides))
     folder = folder or tempfile.mkdtemp(prefix=f"{name}-random-")
+    torch.manual_seed(seed)
     transformers.AutoModel.from_config(config).save_pretrained(folder)
     return folder
 
