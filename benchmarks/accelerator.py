@@ -30,15 +30,19 @@ steps after the compiling call (JAX: compiled ahead of time, then one untimed st
 untimed first step, the compilation in it). Next to the figures: the goals on an H200 (BERT-base
 SoftMCL step >= 45% MFU and >= 1.3x torch.compile, DeBERTa-v3-base >= 35% MFU) and checks that
 the sides compute the same thing: the packed step reads the same real tokens as the padded one,
-and first-step losses agree (packed vs padded, compiled vs eager, JAX vs PyTorch; to rounding
-only with dropout off, as in ``--tiny``: with dropout they differ by the masks).
+and the first step's gradient norm and the last step's loss agree (packed vs padded, compiled vs
+eager, PyTorch vs JAX; to rounding only with dropout off, as in ``--tiny``: with dropout they
+differ by the masks). The random models are drawn from a fixed seed, so every run starts from
+the same weights.
 
 Each side runs in processes of its own (JAX preallocates the device; torch must not share it):
 a case that raises records its error and the others go on, a worker that dies is restarted for
 the cases it had not reached. Every finished case is written at once to ``<out>/cases/``;
 ``<out>/accelerator.json`` holds every case there run with the same settings, so the set can be
 split over several calls with ``--cases``. The BENCHMARKS.md section (``report.write_section``,
-one per device; ``--markdown``, ``--no_write``) is written from that file.
+one per device; ``--markdown``, ``--no_write``) is written from that file; ``--report_only``
+writes both from ``<out>/cases/`` alone (e.g. case files fetched back from an accelerator host,
+gathered from several calls).
 
 ``--tiny``: every case with tiny random models (2 layers, width 128), batch 8 x 32 (caching: 64
 in chunks of 8), fp32, dropout off, 2 timed steps: the CPU check that it all runs and agrees
