@@ -90,14 +90,18 @@ def to_chunks(x: jax.Array, *, shards: int, chunks: int, views: int = 1) -> jax.
 
 def from_chunks(y: jax.Array, *, shards: int, views: int, rows: int) -> jax.Array:
     """The inverse of :func:`to_chunks` for a per-row output: (chunks, shards * views * k, ...)
-    -> (views * rows, ...), view-major (as ``jnp.concatenate([x] * views)`` orders them), the
-    padding rows dropped."""
+    -> (views, rows, ...), the padding rows dropped.
+
+    The views stay a separate axis: merged into one (views * rows) axis split over the devices,
+    a device's rows of view 2 would have to move to another device; the consumers reduce each
+    row first (pooling), so the views are merged, if at all, at the size of a vector per row.
+    """
     chunks, tail = y.shape[0], y.shape[2:]
     k = y.shape[1] // (shards * views)
     y = y.reshape(chunks, shards, views, k, *tail)
     y = jnp.transpose(y, (2, 1, 0, 3, *range(4, y.ndim)))  # (views, shards, chunks, k, ...)
     y = y.reshape(views, shards, chunks * k, *tail)[:, :, : rows // shards]
-    return y.reshape(views * rows, *tail)
+    return y.reshape(views, rows, *tail)
 
 
 def _constrain(tree: Any, mesh: Mesh | None) -> Any:
@@ -122,7 +126,7 @@ def scan_chunks(fn: Callable[[Any, jax.Array], Any], xs: Any, *, remat: bool) ->
 def encode(forward: Callable[..., jax.Array], inputs: dict[str, jax.Array], *, views: int,
            shards: int, chunks: int, rng: jax.Array | None, remat: bool,
            mesh: Mesh | None = None) -> jax.Array:
-    """The encoder's ``last_hidden_state`` (views * N, L, H) of ``inputs`` (each (N, L): ids,
+    """The encoder's ``last_hidden_state`` (views, N, L, H) of ``inputs`` (each (N, L): ids,
     mask and, packed, segment ids), computed chunk by chunk.
 
     ``forward(inputs_chunk, rng_chunk) -> (rows, L, H)``; ``rng`` None: no dropout. ``remat``
@@ -136,7 +140,7 @@ def encode(forward: Callable[..., jax.Array], inputs: dict[str, jax.Array], *, v
         return forward(x, None if rng is None else jax.random.fold_in(rng, i))
 
     out = _constrain(scan_chunks(one, xs, remat=remat), mesh)
-    return from_chunks(out, shards=shards, views=views, rows=rows)
+    return _constrain(from_chunks(out, shards=shards, views=views, rows=rows), mesh)
 
 
 def mlm_token_losses(head: Callable[[jax.Array], jax.Array], at: jax.Array, labels: jax.Array,
@@ -151,4 +155,4 @@ def mlm_token_losses(head: Callable[[jax.Array], jax.Array], at: jax.Array, labe
     xs = _constrain({"at": to_chunks(at, shards=shards, chunks=chunks),
                      "labels": to_chunks(labels, shards=shards, chunks=chunks)}, mesh)
     out = _constrain(scan_chunks(one, xs, remat=True), mesh)
-    return from_chunks(out, shards=shards, views=1, rows=at.shape[0])
+    return from_chunks(out, shards=shards, views=1, rows=at.shape[0])[0]

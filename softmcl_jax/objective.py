@@ -264,6 +264,9 @@ class Context:
                         "frozen": None if frozen is None else sg(frozen)}
         self._outputs: dict[str, dict[str, jax.Array]] = {}
         self._views: dict[str, int] = {}
+        # Per pass: whether its outputs are stacked (views, B, ...) (chunked) rather than
+        # concatenated (views * B, ...).
+        self._stacked: dict[str, bool] = {}
         self._cache: dict[Any, jax.Array] = {}
         self.mlm_labels = self.mlm_left_out = None
         self.packed = "segment_ids" in batch
@@ -298,24 +301,30 @@ class Context:
                 if self.packed:
                     positions = positions + batch["sentence_start"][:, None]
                     rows = batch["sentence_row"]
-            if chunks:
+            self._stacked[p.name] = bool(chunks)
+            if chunks:  # (views, rows, L, H): the views stay apart (grad_cache.from_chunks)
                 hidden = self._chunked(p, ids, mask, segments, pass_rng, shards, chunks, mesh)
                 if p.mlm_logits:
-                    at = layers.at_positions(hidden, positions, rows)
+                    at = layers.at_positions(hidden[0], positions, rows)
                     head = functools.partial(model.mlm_head, self._params[p.copy])
                     self.mlm_token_loss = grad_cache.mlm_token_losses(
                         head, at, self.mlm_labels, shards=shards, chunks=chunks, mesh=mesh)
-            else:
-                kw = {"segment_ids": segments, "mlm_rows": rows} if self.packed else {}
-                out = model.forward(self._params[p.copy], ids, mask, train=p.train,
-                                    rng=pass_rng, mlm=p.mlm_logits, mlm_positions=positions,
-                                    **kw)
-                if not p.train:
-                    out = sg(out)
-                if p.mlm_logits:
-                    self.mlm_token_loss = losses.masked_lm_loss(out["logits"], self.mlm_labels,
-                                                                reduction="none")
-                hidden = out["last_hidden_state"]
+                if self.packed:
+                    hidden = jax.vmap(unpack, in_axes=(0, None, None))(
+                        hidden, batch["sentence_row"], batch["sentence_start"])
+                self._outputs[p.name] = {"last_hidden_state": hidden,
+                                         "attention_mask": batch["attention_mask"]}
+                self._views[p.name] = p.views
+                continue
+            kw = {"segment_ids": segments, "mlm_rows": rows} if self.packed else {}
+            out = model.forward(self._params[p.copy], ids, mask, train=p.train, rng=pass_rng,
+                                mlm=p.mlm_logits, mlm_positions=positions, **kw)
+            if not p.train:
+                out = sg(out)
+            if p.mlm_logits:
+                self.mlm_token_loss = losses.masked_lm_loss(out["logits"], self.mlm_labels,
+                                                            reduction="none")
+            hidden = out["last_hidden_state"]
             if self.packed:
                 hidden = unpack(hidden, batch["sentence_row"], batch["sentence_start"], p.views)
             self._outputs[p.name] = {
@@ -326,7 +335,7 @@ class Context:
     def _chunked(self, p: Pass, ids: jax.Array, mask: jax.Array, segments: jax.Array | None,
                  rng: jax.Array | None, shards: int, chunks: int, mesh: Mesh | None
                  ) -> jax.Array:
-        """The token vectors of pass ``p`` (views * rows, L, H), chunk by chunk (grad_cache)."""
+        """The token vectors of pass ``p`` (views, rows, L, H), chunk by chunk (grad_cache)."""
         params = self._params[p.copy]
         inputs = {"ids": ids, "mask": mask}
         if segments is not None:
@@ -346,6 +355,8 @@ class Context:
         return copy, f"{copy}/{inp}", view
 
     def _view(self, name: str, x: jax.Array, view: int) -> jax.Array:
+        if self._stacked[name]:
+            return x[view - 1]
         b = x.shape[0] // self._views[name]
         return x[(view - 1) * b: view * b] if self._views[name] > 1 else x
 
@@ -362,7 +373,9 @@ class Context:
         key = ("pooled", name)
         if key not in self._cache:
             out = self._outputs[name]
-            self._cache[key] = self.model.pool(out["last_hidden_state"], out["attention_mask"])
+            pool = (jax.vmap(self.model.pool, in_axes=(0, None)) if self._stacked[name]
+                    else self.model.pool)
+            self._cache[key] = pool(out["last_hidden_state"], out["attention_mask"])
         return self._cache[key]
 
     def pooled(self, ref: str) -> jax.Array:

@@ -79,7 +79,7 @@ def test_with_dropout_chunks_equal_the_unrolled_chunks(name, tiny_model, one_dev
 
 def test_chunks_are_each_devices_own_rows():
     """to_chunks / from_chunks: each chunk takes the same rows of every device's block (and of
-    every view), padding a block to whole chunks; from_chunks inverts it, view-major."""
+    every view), padding a block to whole chunks; from_chunks inverts it, views stacked."""
     shards, chunks, views, rows = 2, 3, 2, 10  # 5 rows per device: k = 2, one padding row each
     x = jnp.arange(rows * 3).reshape(rows, 3)
     c = grad_cache.to_chunks(x, shards=shards, chunks=chunks, views=views)
@@ -88,7 +88,7 @@ def test_chunks_are_each_devices_own_rows():
     assert first.tolist() == [0, 1, 0, 1, 5, 6, 5, 6]
     assert np.asarray(c[2, :, 0]).tolist() == [12, 0, 12, 0, 27, 0, 27, 0]  # row 4, padding
     back = grad_cache.from_chunks(c, shards=shards, views=views, rows=rows)
-    np.testing.assert_array_equal(back, jnp.concatenate([x] * views))
+    np.testing.assert_array_equal(back, jnp.stack([x] * views))
 
 
 @pytest.mark.parametrize("fields,message", [
