@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from softmcl_jax import config_check, objective, sharding, train
+from softmcl_jax import config_check, grad_cache, objective, sharding, train
 from softmcl_jax.checkpoint import Checkpointer, PreemptionGuard, non_finite_leaves
 from softmcl_jax.data import (
     MaskingConfig,
@@ -301,6 +301,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str, the_plan: objective.Pl
         start, state = 0, init()
     log.info("mesh %s; per device: %s", dict(mesh.shape),
              train.describe_sharding(state, step_fn.constants))
+    if config.grad_cache.chunk:
+        shards = sharding.batch_size_per_axis(mesh)
+        log.info("gradient caching: each encoder pass in %d chunks of %d sentences per device "
+                 "(of %d), activations kept for one chunk at a time",
+                 grad_cache.num_chunks(config, shards), config.grad_cache.chunk,
+                 config.batch_size // shards)
     keys = the_plan.batch_keys
 
     writer = MetricWriter(workdir, active=chief)
