@@ -174,3 +174,19 @@ def test_a_chunked_pass_is_one_scan_that_keeps_no_activations(tiny_model, one_de
     grown_chunked = temps[(4, 32)] - temps[(4, 8)]
     assert grown_chunked < 0.5 * grown_plain, temps
 
+
+
+def test_resume_may_change_the_chunk_but_not_the_dropout():
+    """grad_cache is a memory knob (a run that ran out of memory resumes with a smaller chunk);
+    model.dropout changes the objective. A workdir from before both fields resumes."""
+    from softmcl_jax import workdir
+
+    stored = json.loads(tu.load_config("simcse").to_json_best_effort())
+    chunked = tu.load_config("simcse", **{"grad_cache.chunk": 4})
+    assert workdir.config_differences(stored, json.loads(chunked.to_json_best_effort())) == []
+    no_dropout = json.loads(tu.load_config("simcse", **{"model.dropout": 0.0})
+                            .to_json_best_effort())
+    assert workdir.config_differences(stored, no_dropout) == ["model.dropout: null -> 0.0"]
+    old = json.loads(json.dumps(stored))
+    del old["grad_cache"], old["model"]["dropout"]
+    assert workdir.config_differences(old, stored) == []
