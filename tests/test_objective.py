@@ -177,8 +177,8 @@ def test_a_scheduled_weight_is_planned_described_and_validated():
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tu.tiny_model_dir(str(tmp_path_factory.mktemp("tiny_bert")))
+def model_dir(tiny_model):
+    return tiny_model  # the session's tiny BERT: its data is prepared and its steps compiled once
 
 
 TINY = {"batch_size": 8, "model.max_len": 32, "data.max_examples": 64, "head.dim": 16,
@@ -601,7 +601,7 @@ def test_state_is_born_sharded(model_dir):
 def test_mixed_run_end_to_end_logs_every_term(model_dir, tmp_path):
     """The issue's command: SoftMCL + VSP from the command line alone."""
     workdir = str(tmp_path / "run")
-    proc = tu.run_main("softmcl.py", workdir, model_dir,
+    proc = tu.run_main_fast("softmcl.py", workdir, model_dir,
                        **dict(tu.SOFTMCL_TINY, total_steps=4, objective__vsp__weight=1.0))
     assert "frozen copy: yes" in proc.stderr and "1*vsp" in proc.stderr
     rows = tu.read_metrics(workdir)
@@ -695,7 +695,7 @@ def test_labels_beyond_num_labels_are_refused_with_file_and_line(model_dir, tmp_
 def test_a_csv_with_a_valence_column_trains_from_the_command_line(model_dir, tmp_path):
     """data.scale_low/high were None, which config_flags cannot override; now placeholders."""
     workdir = str(tmp_path / "run")
-    proc = tu.run_main(
+    proc = tu.run_main_fast(
         "simcse.py", workdir, model_dir,
         **dict(tu.TINY, total_steps=3, objective__infonce__weight=0.0, data__source="csv",
                data__path=labelled_csv(str(tmp_path / "l.csv")), data__valence_column="rating",
@@ -723,13 +723,13 @@ def test_resume_rebuilds_the_frozen_copy(model_dir, tmp_path):
             f.write(f"{' '.join(s.text.split())}\t{min(int(s.valence * 4), 3)}\tid{i}\n")
     fields = dict(tu.TINY, total_steps=8, data__num_labels=4, data__path=path)
     workdir = str(tmp_path / "run")
-    tu.run_main("retrofit.py", workdir, model_dir, **fields)
+    tu.run_main_fast("retrofit.py", workdir, model_dir, **fields)
     first = tu.read_metrics(workdir)
     weights = load_file(os.path.join(workdir, "export", "model.safetensors"))
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
     shutil.rmtree(os.path.join(workdir, "checkpoints", "8"))
     shutil.rmtree(os.path.join(workdir, "export"))
-    proc = tu.run_main("retrofit.py", workdir, model_dir, **fields)
+    proc = tu.run_main_fast("retrofit.py", workdir, model_dir, **fields)
     assert "resumed from" in proc.stderr and "at step 4" in proc.stderr
     assert tu.read_metrics(workdir) == first
     assert any(r["loss/vsp"] > 0 for r in first)
