@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tu.tiny_model_dir(str(tmp_path_factory.mktemp("tiny_bert")))
+def model_dir(tiny_model):
+    return tiny_model  # the session's tiny BERT: its data is prepared and its steps compiled once
 
 
 def losses(workdir: str) -> np.ndarray:
@@ -70,7 +70,7 @@ def test_one_device_equals_eight_and_fsdp(model_dir, tmp_path):
         curves = {}
         for name in names:
             workdir = str(tmp_path / f"{name}_{packing}")
-            tu.run_main("softmcl.py", workdir, model, **dict(tu.SOFTMCL_TINY, total_steps=20,
+            tu.run_main_fast("softmcl.py", workdir, model, **dict(tu.SOFTMCL_TINY, total_steps=20,
                                                             data__packing=packing), **runs[name])
             curves[name] = losses(workdir)
         assert len(curves["1"]) == 20
@@ -95,17 +95,17 @@ def _wait_for_metrics(workdir: str, proc: subprocess.Popen, lines: int) -> None:
 def test_sigkill_then_resume_equals_uninterrupted(model_dir, tmp_path):
     fields = dict(tu.SOFTMCL_TINY, total_steps=60)
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    tu.run_main("softmcl.py", full, model_dir, **fields)
+    tu.run_main_fast("softmcl.py", full, model_dir, **fields)
 
     proc = subprocess.Popen(tu.main_command("softmcl.py", killed, model_dir, **fields),
-                            env=tu.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=tu.fast_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     _wait_for_metrics(killed, proc, 10)  # the checkpoint of step 8 is on disk by now
     proc.kill()
     proc.wait()
     interrupted_at = len(tu.read_metrics(killed))
     assert not os.path.exists(os.path.join(killed, "export")), "the run finished before the kill"
-    tu.run_main("softmcl.py", killed, model_dir, **fields)  # the same command again
+    tu.run_main_fast("softmcl.py", killed, model_dir, **fields)  # the same command again
 
     print(f"killed after step {interrupted_at}, resumed from the last checkpoint")
     a, b = tu.read_metrics(full), tu.read_metrics(killed)
@@ -122,7 +122,7 @@ def test_sigterm_saves_then_exits(model_dir, tmp_path):
     workdir = str(tmp_path / "run")
     fields = dict(tu.SOFTMCL_TINY, total_steps=200, checkpoint_every_steps=1000)
     proc = subprocess.Popen(tu.main_command("softmcl.py", workdir, model_dir, **fields),
-                            env=tu.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=tu.fast_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     _wait_for_metrics(workdir, proc, 5)
     proc.send_signal(signal.SIGTERM)
@@ -161,7 +161,7 @@ def test_every_method_trains_and_exports(config, extra, model_dir, tmp_path):
     if config == "lcl.py":
         fields["data__path"] = _labelled_file(str(tmp_path / "sst.txt"), "sst")
     workdir = str(tmp_path / "run")
-    tu.run_main(config, workdir, model_dir, **fields)
+    tu.run_main_fast(config, workdir, model_dir, **fields)
     curve = losses(workdir)
     print(f"{config} {extra}: losses {np.round(curve, 3).tolist()}")
     assert len(curve) == 6 and np.all(np.isfinite(curve))
@@ -172,9 +172,9 @@ def test_every_method_trains_and_exports(config, extra, model_dir, tmp_path):
 
 def test_export_cli_matches_end_of_run_export(model_dir, tmp_path):
     workdir, out = str(tmp_path / "run"), str(tmp_path / "exported")
-    tu.run_main("softmcl.py", workdir, model_dir, **dict(tu.SOFTMCL_TINY, total_steps=4))
+    tu.run_main_fast("softmcl.py", workdir, model_dir, **dict(tu.SOFTMCL_TINY, total_steps=4))
     proc = subprocess.run([sys.executable, "-m", "softmcl_jax.export", f"--workdir={workdir}",
-                           f"--out={out}"], env=tu.env(), capture_output=True, text=True,
+                           f"--out={out}"], env=tu.fast_env(), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = load_file(os.path.join(workdir, "export", "model.safetensors"))
