@@ -42,9 +42,10 @@ def tiny_model(tmp_path_factory) -> str:
 def tiny_run(tiny_model, tmp_path_factory) -> tuple[str, str]:
     """(workdir, model dir) of one finished tiny SimCSE run (``train_utils.TINY_RUN``): 3 steps,
     checkpoints 2 and 3, the export in WORKDIR/export. Shared by the failure tests: copy it
-    (``shutil.copytree``) before changing anything in it."""
+    (``shutil.copytree``) before changing anything in it. Compiled with
+    ``train_utils.FAST_COMPILE_FLAGS``: its numbers are compared with no other run's."""
     from tests import train_utils
 
     workdir = str(tmp_path_factory.mktemp("tiny_run") / "workdir")
-    train_utils.run_main("simcse.py", workdir, tiny_model, **train_utils.TINY_RUN)
+    train_utils.run_main_fast("simcse.py", workdir, tiny_model, **train_utils.TINY_RUN)
     return workdir, tiny_model

@@ -266,8 +266,8 @@ def test_cli_packing_rows_too_small(tiny_model, tmp_path):
     field, and nothing the user had changes."""
     workdir = str(tmp_path / "run")
     fields = dict(tu.TINY_RUN, data__packing=True, data__packing_rows=1)
-    first = tu.run_main("simcse.py", workdir, tiny_model, **dict(fields, total_steps=2))
-    second = tu.run_main("simcse.py", workdir, tiny_model, **fields)
+    first = tu.run_main_fast("simcse.py", workdir, tiny_model, **dict(fields, total_steps=2))
+    second = tu.run_main_fast("simcse.py", workdir, tiny_model, **fields)
     steps = []
     for proc, want in ((first, [1, 2]), (second, [3])):
         (up_front,) = _log_lines(proc, "cannot hold a batch")

@@ -149,7 +149,7 @@ def test_export_refuses_a_users_folder_and_a_workdir_and_replaces_its_own(run, t
     assert owner["workdir"] == os.path.realpath(run) and owner["step"] == 3
 
     # The run goes on: resumed to step 4, its end-of-run export replaces its earlier export/.
-    tu.run_main("simcse.py", run, tiny_run[1], **dict(tu.TINY_RUN, total_steps=4))
+    tu.run_main_fast("simcse.py", run, tiny_run[1], **dict(tu.TINY_RUN, total_steps=4))
     assert json.loads(open(f"{run}/export/{OWNER_FILE}").read())["step"] == 4
     assert not leftovers(f"{run}/export")
     # And the export CLI writes over its own earlier exports: export/ and the folder above.

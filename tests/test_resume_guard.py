@@ -221,7 +221,7 @@ def test_a_rewritten_data_file_is_refused_naming_it(tiny_model, tmp_path):
     csv.write_text("text\n" + "".join(f"sentence number {i} is here\n" for i in range(64)))
     workdir = str(tmp_path / "run")
     fields = dict(tu.TINY_RUN, data__source="csv", data__path=str(csv), data__max_examples=0)
-    tu.run_main("simcse.py", workdir, tiny_model, **fields)
+    tu.run_main_fast("simcse.py", workdir, tiny_model, **fields)
     stored = json.load(open(os.path.join(workdir, "inputs.json")))
     assert stored["data"][0]["rows"] == 64
     assert stored["data"][0]["files"][0] == {
@@ -256,7 +256,7 @@ def test_a_moved_checkpoint_dir_is_refused_until_the_checkpoints_are_there(tiny_
     # could not be compared, and records them.
     shutil.move(old, elsewhere)
     os.remove(os.path.join(workdir, "inputs.json"))
-    proc = tu.run_command(argv)
+    proc = tu.run_command_fast(argv)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from {elsewhere} at step 3" in proc.stderr
     assert proc.stderr.count("could not be compared") == 1
