@@ -22,8 +22,8 @@ FIELDS = dict(tu.SOFTMCL_TINY, total_steps=STEPS, checkpoint_every_steps=4,
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tu.tiny_model_dir(str(tmp_path_factory.mktemp("tiny_bert")))
+def model_dir(tiny_model):
+    return tiny_model  # the session's tiny BERT: its data is prepared and its steps compiled once
 
 
 def _logged(workdir: str) -> int:
@@ -36,7 +36,7 @@ def _logged(workdir: str) -> int:
 
 def _start(workdir: str, model_dir: str) -> subprocess.Popen:
     return subprocess.Popen(tu.main_command("softmcl.py", workdir, model_dir, **FIELDS),
-                            env=tu.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=tu.fast_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
@@ -61,7 +61,7 @@ def _saving(workdir: str) -> bool:
 
 def test_kills_mid_step_and_mid_save_then_a_corrupt_checkpoint(model_dir, tmp_path):
     full, faulty = str(tmp_path / "full"), str(tmp_path / "faulty")
-    tu.run_main("softmcl.py", full, model_dir, **FIELDS)
+    tu.run_main_fast("softmcl.py", full, model_dir, **FIELDS)
 
     rng = np.random.default_rng(7)
     first, third = sorted(rng.choice(np.arange(6, STEPS - 8), size=2, replace=False))
@@ -85,7 +85,7 @@ def test_kills_mid_step_and_mid_save_then_a_corrupt_checkpoint(model_dir, tmp_pa
     assert metadata, os.listdir(newest)
     for m in metadata:
         os.remove(m)
-    proc = tu.run_main("softmcl.py", faulty, model_dir, **FIELDS)
+    proc = tu.run_main_fast("softmcl.py", faulty, model_dir, **FIELDS)
     print(f"killed at step {first}, during a save at step {mid_save}, at step {third}; "
           f"checkpoints then {steps}, step {steps[-1]} corrupted")
     assert f"checkpoint {steps[-1]}" in proc.stderr and "falling back" in proc.stderr
