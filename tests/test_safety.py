@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,12 +29,12 @@ from tests.test_objective import _setup as setup_tiny
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tu.tiny_model_dir(str(tmp_path_factory.mktemp("tiny_bert")))
+def model_dir(tiny_model):
+    return tiny_model  # the session's tiny BERT: its data is prepared and its steps compiled once
 
 
 def _main(config: str, workdir: str, model_dir: str, **fields) -> subprocess.CompletedProcess:
-    return subprocess.run(tu.main_command(config, workdir, model_dir, **fields), env=tu.env(),
+    return subprocess.run(tu.main_command(config, workdir, model_dir, **fields), env=tu.fast_env(),
                           capture_output=True, text=True, timeout=600)
 
 
@@ -89,7 +90,7 @@ def test_divergence_stops_the_run_with_the_step_and_each_term(model_dir, tmp_pat
     assert steps and steps[-1] < bad_step
     out = str(tmp_path / "exported")
     export = subprocess.run([sys.executable, "-m", "softmcl_jax.export", f"--workdir={workdir}",
-                             f"--out={out}"], env=tu.env(), capture_output=True, text=True,
+                             f"--out={out}"], env=tu.fast_env(), capture_output=True, text=True,
                             timeout=300)
     assert export.returncode == 0, export.stderr[-2000:]
     weights = load_file(os.path.join(out, "model.safetensors"))
@@ -126,10 +127,11 @@ def test_skipping_bad_steps_counts_and_reports_them(model_dir, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_changed_config(model_dir, tmp_path):
-    workdir = str(tmp_path / "run")
-    fields = dict(tu.TINY, total_steps=4)
-    tu.run_main("simcse.py", workdir, model_dir, **fields)
+def test_resume_refuses_a_changed_config(tiny_run, tmp_path):
+    # A copy of the session's finished 3-step SimCSE run (batch 8, learning rate 1e-3).
+    workdir, model_dir = str(tmp_path / "run"), tiny_run[1]
+    shutil.copytree(tiny_run[0], workdir)
+    fields = dict(tu.TINY_RUN)
     path = os.path.join(workdir, "config.json")
     stored = open(path).read()
     proc = _main("simcse.py", workdir, model_dir, **dict(fields, batch_size=16,
@@ -138,10 +140,10 @@ def test_resume_refuses_a_changed_config(model_dir, tmp_path):
     assert "batch_size: 8 -> 16" in proc.stderr
     assert "optimizer.learning_rate: 0.001 -> 0.0005" in proc.stderr
     assert open(path).read() == stored  # never over a different run's config
-    # A field that may change: training goes on from step 4.
-    tu.run_main("simcse.py", workdir, model_dir, **dict(fields, total_steps=6))
-    assert [r["step"] for r in tu.read_metrics(workdir)] == list(range(1, 7))
-    assert json.load(open(path))["total_steps"] == 6
+    # A field that may change: training goes on from step 3.
+    tu.run_main_fast("simcse.py", workdir, model_dir, **dict(fields, total_steps=5))
+    assert [r["step"] for r in tu.read_metrics(workdir)] == list(range(1, 6))
+    assert json.load(open(path))["total_steps"] == 5
 
 
 def test_a_field_added_since_the_run_started_at_its_old_behaviour_is_no_change():
@@ -234,7 +236,7 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_taken_over(model_dir, tmp_
     workdir = str(tmp_path / "run")
     first = subprocess.Popen(
         tu.main_command("simcse.py", workdir, model_dir, **dict(tu.TINY, total_steps=500)),
-        env=tu.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=tu.fast_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lock = os.path.join(workdir, LOCK_FILE)
         deadline = time.time() + 120
@@ -251,8 +253,12 @@ def test_a_second_trainer_is_refused_and_a_stale_lock_taken_over(model_dir, tmp_
         first.wait()
     # SIGKILL left the lock behind: its process is gone, so the next trainer takes it over.
     assert json.load(open(lock))["pid"] == first.pid
-    proc = tu.run_main("simcse.py", workdir, model_dir, **dict(tu.TINY, total_steps=500,
-                                                             log_every_steps=100))
+    # The same command, run to 4 steps past the first one's last logged step (total_steps may
+    # change on resume): what is checked is the takeover and a run to its end, not 500 steps.
+    path = os.path.join(workdir, "metrics.jsonl")
+    logged = sum(1 for x in open(path) if x.endswith("\n")) if os.path.exists(path) else 0
+    end = logged + 4
+    proc = tu.run_main_fast("simcse.py", workdir, model_dir, **dict(tu.TINY, total_steps=end))
     assert f"stale lock of PID {first.pid}" in proc.stderr
     assert not os.path.exists(lock)
-    assert tu.read_metrics(workdir)[-1]["step"] == 500
+    assert tu.read_metrics(workdir)[-1]["step"] == end
