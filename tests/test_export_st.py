@@ -197,7 +197,8 @@ def test_evaluation_table_goes_between_the_markers(tmp_path):
     assert (tmp_path / "other" / "README.md").read_text() == "# someone else's card\n"
 
 
-def test_a_finished_run_exports_a_sentence_transformers_model_with_its_card(tmp_path, caplog):
+def test_a_finished_run_exports_a_sentence_transformers_model_with_its_card(tmp_path, caplog,
+                                                                            tiny_model):
     """End to end: main.py (CLS pooling, the probe on) -> workdir/export; the export CLI writes
     the same card from run_info.json."""
     import re
@@ -206,9 +207,9 @@ def test_a_finished_run_exports_a_sentence_transformers_model_with_its_card(tmp_
 
     from tests import train_utils as tu
 
-    model_dir = tu.tiny_model_dir(str(tmp_path / "tiny"))
+    # The run's numbers (probe, similarity) are compared only with its own card: compiled fast.
     workdir = str(tmp_path / "run")
-    proc = tu.run_main("softmcl.py", workdir, model_dir, **dict(
+    proc = tu.run_main_fast("softmcl.py", workdir, tiny_model, **dict(
         tu.SOFTMCL_TINY, total_steps=4, model__pooling="cls", probe__enabled=True,
         probe__n_train=60, probe__n_test=40))
     line = re.search(r"valence probe \(held-out, Pearson r\): before (\S+) after (\S+)",
@@ -230,7 +231,7 @@ def test_a_finished_run_exports_a_sentence_transformers_model_with_its_card(tmp_
     assert resolve_checkpoint(workdir) == (export, "cls")
     out = str(tmp_path / "exported")
     cli = subprocess.run([sys.executable, "-m", "softmcl_jax.export", f"--workdir={workdir}",
-                          f"--out={out}"], env=tu.env(), capture_output=True, text=True,
-                         timeout=300)
+                          f"--out={out}"], env=tu.fast_env(), capture_output=True,
+                         text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert open(f"{out}/README.md").read() == card
