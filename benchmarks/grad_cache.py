@@ -255,7 +255,7 @@ def baseline_worker(spec: dict[str, Any], prep: str) -> dict[str, Any]:
     lengths = vader_lengths(str(resolve_name("minilm")))
     np.save(os.path.join(prep, "lengths.npy"), lengths)
     return dict(spec, model_path=path, peak_rss=rss, ru_maxrss=maxrss, sentences=len(lengths),
-                mean_length=float(lengths.mean()))
+                mean_length=float(lengths.mean()), load=os.getloadavg()[0])
 
 
 def timing_worker(spec: dict[str, Any], steps: Steps) -> dict[str, Any]:
@@ -276,7 +276,7 @@ def timing_worker(spec: dict[str, Any], steps: Steps) -> dict[str, Any]:
             t = steps.run(compiled, constants, data[i])
             if i:  # step 0 warms up
                 times[name].append(t)
-    return dict(spec, **times, compile_s=[a[5], b[5]], rows=int(
+    return dict(spec, **times, compile_s=[a[5], b[5]], load=os.getloadavg()[0], rows=int(
         a[2][0].get("segment_ids", a[2][0]["attention_mask"]).shape[0]))
 
 
@@ -416,7 +416,7 @@ def measure(args: argparse.Namespace, run: Runner) -> dict[str, Any]:
             tasks.append(dict(method=method, chunked=chunked, known=known))
     out["search"] = run(dict(kind="search", tasks=tasks, chunk=args.chunk, fit_gib=args.fit_gib,
                              max_batch=args.max_search_batch, resolution=args.resolution,
-                             **base))["results"]
+                             **base))["results"] if tasks else []
     return out
 
 
@@ -461,56 +461,77 @@ def done_when(res: dict[str, Any], batch: int) -> dict[str, Any] | None:
                 ratio=c["peak_rss"] / u["peak_rss"], est_ratio=c["estimate"] / u["estimate"])
 
 
+def _log_axes(a: Any, batches: list[int], title: str) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    a.set_xscale("log", base=2)
+    a.set_yscale("log")
+    a.set_xticks(batches, [str(b) for b in batches], rotation=45)
+    a.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    a.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a.yaxis.set_minor_formatter(NullFormatter())
+    a.set_xlabel("batch (sentences)")
+    a.set_title(title)
+    a.legend(fontsize=8)
+
+
+def _memory_panels(ax: Any, res: dict[str, Any], fit_gib: float) -> None:
+    """Estimate (every point) and peak RSS (the points that ran): a colour per method, solid
+    chunked, dashed unchunked."""
+    for i, method in enumerate(("simcse", "softmcl")):
+        for chunked in (True, False):
+            ps = curve(res["points"], method, chunked)
+            style = dict(color=f"C{i}", linestyle="-" if chunked else "--",
+                         marker="o" if chunked else "s")
+            name = f"{method} {'chunked' if chunked else 'unchunked'}"
+            ran = [p for p in ps if p["ran"]]
+            if ps:
+                ax[0].plot([p["batch"] for p in ps], [p["estimate"] / 1024 for p in ps],
+                           label=name, **style)
+            if ran:
+                ax[1].plot([p["batch"] for p in ran], [p["peak_rss"] / 1024 for p in ran],
+                           label=name, **style)
+    ax[0].axhline(fit_gib, color="grey", linewidth=0.8, label=f"{fit_gib:g} GiB")
+    ax[1].axhline(res["baseline"]["peak_rss"] / 1024, color="black", linewidth=0.8,
+                  linestyle=":", label="process that only loaded the model")
+    batches = sorted({p["batch"] for p in res["points"]})
+    _log_axes(ax[0], batches, "XLA's estimate of the step (GiB)")
+    _log_axes(ax[1], batches, "peak RSS after compiling + 2 steps (GiB)")
+
+
+def _overhead_panel(a: Any, timing: list[dict[str, Any]]) -> None:
+    """Chunked / unchunked: the median per batch, each interleaved pair faintly."""
+    t = sorted(timing, key=lambda r: r["batch"])
+    pairs = [(r["batch"], c / u) for r in t
+             for u, c in zip(r["unchunked"], r["chunked"], strict=True)]
+    a.plot([b for b, _ in pairs], [x for _, x in pairs], ".", color="C0", alpha=0.4,
+           label="one A/B pair")
+    a.plot([r["batch"] for r in t], [ratio(r) for r in t], "o", color="C0",
+           label="simcse: median chunked / median unchunked, each run")
+    batches = sorted({r["batch"] for r in t})
+    a.plot(batches, [statistics.median(ratio(r) for r in t if r["batch"] == b)
+                     for b in batches], "-", color="C0", label="median of the runs")
+    a.axhline(4 / 3, color="grey", linewidth=0.8, linestyle=":",
+              label="4/3: one more forward of the encoder")
+    a.axhline(1.4, color="red", linewidth=0.8, linestyle="--", label="goal: 1.4x")
+    a.set_xscale("log", base=2)
+    a.set_xticks(batches, [str(b) for b in batches])
+    ys = [x for _, x in pairs]
+    a.set_ylim(min([0.8] + [y - 0.05 for y in ys]), max([1.6] + [y + 0.05 for y in ys]))
+    a.set_xlabel("batch (sentences)")
+    a.set_title("step time, chunked / unchunked")
+    a.legend(fontsize=8)
+
+
 def plot(res: dict[str, Any], png: str, fit_gib: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(1, 3, figsize=(17, 5.2))
-    base = res["baseline"]["peak_rss"]
-    for i, method in enumerate(("simcse", "softmcl")):
-        for chunked in (True, False):
-            ps = curve(res["points"], method, chunked)
-            if not ps:
-                continue
-            style = dict(color=f"C{2 * i + (0 if chunked else 1)}",
-                         linestyle="-" if chunked else "--", marker="o")
-            name = f"{method} {'chunked' if chunked else 'unchunked'}"
-            ax[0].plot([p["batch"] for p in ps], [p["estimate"] / 1024 for p in ps],
-                       label=name, **style)
-            ran = [p for p in ps if p["ran"]]
-            ax[1].plot([p["batch"] for p in ran], [p["peak_rss"] / 1024 for p in ran],
-                       label=name, **style)
-    ax[0].axhline(fit_gib, color="grey", linewidth=0.8)
-    ax[0].text(ax[0].get_xlim()[0], fit_gib, f" {fit_gib:g} GiB", va="bottom", color="grey")
-    ax[1].axhline(base / 1024, color="black", linewidth=0.8, linestyle=":")
-    ax[1].text(ax[1].get_xlim()[0], base / 1024, " model loaded only", va="bottom")
-    batches = sorted({p["batch"] for p in res["points"]})
-    for a, title in ((ax[0], "XLA's estimate (GiB)"), (ax[1], "peak RSS after 2 steps (GiB)")):
-        a.set_xscale("log", base=2)
-        a.set_yscale("log")
-        a.set_xticks(batches, [str(b) for b in batches], rotation=45)
-        a.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        a.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        a.yaxis.set_minor_formatter(NullFormatter())
-        a.set_xlabel("batch (sentences)")
-        a.set_title(title)
-        a.legend(fontsize=8)
-    t = sorted(res["timing"], key=lambda r: r["batch"])
-    ax[2].plot([r["batch"] for r in t], [ratio(r) for r in t], "o-", color="C0",
-               label="simcse: chunked / unchunked (median)")
-    for y, what in ((4 / 3, "4/3: one more forward"), (1.4, "1.4x goal")):
-        ax[2].axhline(y, color="grey", linewidth=0.8, linestyle=":")
-        ax[2].text(t[0]["batch"] if t else 1, y, what, va="bottom", color="grey")
-    ax[2].set_xscale("log", base=2)
-    ax[2].set_xticks([r["batch"] for r in t], [str(r["batch"]) for r in t])
-    ax[2].set_ylim(min([0.8] + [ratio(r) - 0.1 for r in t]),
-                   max([1.6] + [ratio(r) + 0.1 for r in t]))
-    ax[2].set_xlabel("batch (sentences)")
-    ax[2].set_title("step time overhead of caching")
-    ax[2].legend(fontsize=8)
+    _memory_panels(ax, res, fit_gib)
+    _overhead_panel(ax[2], res["timing"])
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
     fig.savefig(png, dpi=110)
@@ -521,7 +542,7 @@ def fmt_mib(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
 
-def curve_rows(res: dict[str, Any]) -> list[str]:
+def curve_rows(res: dict[str, Any], run_up_to: int) -> list[str]:
     rows = ["| method | batch | chunk | packed rows | XLA estimate MiB | of which arguments / "
             "temporaries | peak RSS MiB (VmHWM) | ru_maxrss MiB | step 1 / step 2 s | "
             "compile s |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -530,7 +551,7 @@ def curve_rows(res: dict[str, Any]) -> list[str]:
             for p in curve(res["points"], method, chunked):
                 run = (f"{p['peak_rss']:,.0f} | {p['ru_maxrss']:,.0f} | "
                        f"{p['step_s'][0]:.2f} / {p['step_s'][1]:.2f}" if p["ran"] else
-                       f"not run{': ' + p['skipped'] if p['skipped'] else ''} | - | -")
+                       f"not run: {p['skipped'] or f'batch > {run_up_to:,} (time)'} | - | -")
                 rows.append(f"| {method} | {p['batch']} | {p['chunk'] or 'off'} | {p['rows']} | "
                             f"{p['estimate']:,.0f} | {p['arguments']:,.0f} / "
                             f"{p['temporaries']:,.0f} | {run} | {p['compile_s']:.0f} |")
@@ -539,12 +560,15 @@ def curve_rows(res: dict[str, Any]) -> list[str]:
 
 def timing_rows(res: dict[str, Any]) -> list[str]:
     rows = ["| batch | packed rows | unchunked s/step (median) | chunked s/step (median) | "
-            "chunked / unchunked | per-pair ratios |", "|---|---|---|---|---|---|"]
+            "chunked / unchunked | per-pair ratios | load average after |",
+            "|---|---|---|---|---|---|---|"]
     for r in sorted(res["timing"], key=lambda r: r["batch"]):
         pairs = ", ".join(f"{c / u:.2f}" for u, c in zip(r["unchunked"], r["chunked"],
                                                          strict=True))
+        load = f"{r['load']:.1f}" if "load" in r else "-"
         rows.append(f"| {r['batch']} | {r['rows']} | {statistics.median(r['unchunked']):.3f} | "
-                    f"{statistics.median(r['chunked']):.3f} | {ratio(r):.2f}x | {pairs} |")
+                    f"{statistics.median(r['chunked']):.3f} | {ratio(r):.2f}x | {pairs} | "
+                    f"{load} |")
     return rows
 
 
@@ -560,21 +584,29 @@ def search_rows(res: dict[str, Any], fit_gib: float) -> list[str]:
     return rows
 
 
+def memory_finding(points: list[dict[str, Any]], method: str) -> str | None:
+    """One line: the estimate and the peak RSS of ``method`` from its smallest to its largest
+    batch, chunked and unchunked, and the linear growth of the estimate per 1,024 sentences."""
+    c, u = curve(points, method, True), curve(points, method, False)
+    if not (c and u):
+        return None
+    gc, gu = growth_mib_per_1k(c), growth_mib_per_1k(u)
+
+    def span(ps: list[dict[str, Any]]) -> str:
+        ran = [p for p in ps if p["ran"]]
+        rss = (f"; peak RSS {ran[0]['peak_rss']:,.0f} MiB -> {ran[-1]['peak_rss']:,.0f} MiB at "
+               f"{ran[-1]['batch']:,}, the largest that ran" if ran else "")
+        return (f"estimate {ps[0]['estimate']:,.0f} MiB at batch {ps[0]['batch']:,} -> "
+                f"{ps[-1]['estimate']:,.0f} MiB at {ps[-1]['batch']:,}{rss}")
+
+    less = f" ({gu / gc:.0f}x less" if gc and gu and gc > 0 else " ("
+    return (f"* **{method}**: chunked, {span(c)}; unchunked, {span(u)}. XLA's estimate grows "
+            f"{fmt_mib(gc)} MiB per 1,024 more sentences chunked against {fmt_mib(gu)} MiB "
+            f"unchunked{less}; linear fits over every batch).")
+
+
 def findings(res: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    out = []
-    for method in ("simcse", "softmcl"):
-        c, u = curve(res["points"], method, True), curve(res["points"], method, False)
-        if not c:
-            continue
-        gc, gu = growth_mib_per_1k(c), growth_mib_per_1k(u)
-        uran = [p for p in u if p["ran"]]
-        out.append(
-            f"* **{method}**: XLA's estimate grows {fmt_mib(gc)} MiB per 1,024 more sentences "
-            f"chunked ({c[0]['estimate']:,.0f} MiB at batch {c[0]['batch']} -> "
-            f"{c[-1]['estimate']:,.0f} MiB at {c[-1]['batch']}) and {fmt_mib(gu)} MiB per 1,024 "
-            f"unchunked ({u[0]['estimate']:,.0f} -> {u[-1]['estimate']:,.0f} MiB over the same "
-            f"batches; linear fits). Unchunked steps ran up to batch "
-            f"{max((p['batch'] for p in uran), default='-')}; beyond, compile only.")
+    out = [x for x in (memory_finding(res["points"], m) for m in ("simcse", "softmcl")) if x]
     d = done_when(res, args.done_batch)
     if d:
         out.append(f"* **Done-when figure** (batch {d['batch']}, chunk {args.chunk}, SimCSE): "
@@ -584,16 +616,20 @@ def findings(res: dict[str, Any], args: argparse.Namespace) -> list[str]:
                    f"{res['baseline']['peak_rss']:,.0f} MiB.")
     if res["timing"]:
         rs = [ratio(r) for r in res["timing"]]
-        out.append("* **Step time**: chunked / unchunked median "
-                   + ", ".join(f"{x:.2f}x" for x in rs) + " at batch "
-                   + "/".join(str(r["batch"]) for r in res["timing"])
-                   + f" (median over batches {statistics.median(rs):.2f}x; goal <= 1.4x, one "
+        by = {}  # batch -> its runs' ratios
+        for r in sorted(res["timing"], key=lambda r: r["batch"]):
+            by.setdefault(r["batch"], []).append(f"{ratio(r):.2f}x")
+        out.append("* **Step time**: chunked / unchunked median at batch "
+                   + "; ".join(f"{b}: {', '.join(xs)}" for b, xs in by.items())
+                   + f" (median over all {len(rs)} runs {statistics.median(rs):.2f}x; goal <= "
+                   "1.4x; one "
                    "more forward of the online passes is 4/3 of the encoder FLOPs; "
                    "sentence-transformers' CachedMultipleNegativesRankingLoss costs 2-2.4x).")
     return out
 
 
-def section(res: dict[str, Any], args: argparse.Namespace, png: str, load: float) -> str:
+def section(res: dict[str, Any], args: argparse.Namespace, png: str, load: float | None
+            ) -> str:
     rel = os.path.relpath(os.path.abspath(png), os.path.dirname(os.path.abspath(args.markdown)))
     prep = res["baseline"]
     model = ("a tiny random BERT (2 layers, hidden 128)" if args.model == "tiny"
@@ -621,14 +657,14 @@ def section(res: dict[str, Any], args: argparse.Namespace, png: str, load: float
         + "; other points are compiled only.",
         "",
         f"Machine: {report.machine()}. Versions: "
-        f"{report.versions('jax', 'jaxlib', 'flax', 'optax')}; load average {load:.2f} at the "
-        "start (other jobs shared the machine: read times as +-10%).",
+        f"{report.versions('jax', 'jaxlib', 'flax', 'optax')}"
+        + ("" if load is None else f"; load average {load:.2f} when the baseline ran") + ".",
         "",
         f"![gradient caching: memory and overhead]({rel})",
         "",
         *findings(res, args),
         "",
-        *curve_rows(res),
+        *curve_rows(res, args.run_up_to),
         "",
         f"Step time, SimCSE, interleaved A/B in one process (same state and batches, ABBA order, "
         f"one warm-up step each, median of {args.repeats}):",
@@ -686,7 +722,6 @@ def main() -> None:
         raise SystemExit(f"--done_batch {args.done_batch} is not one of --batches")
     if not args.load and args.save and not args.reuse and os.path.exists(args.save):
         os.remove(args.save)
-    load = os.getloadavg()[0]
     if args.load:
         res = loaded(args.load)
     else:
@@ -698,7 +733,7 @@ def main() -> None:
         if args.model == "tiny":  # encoder.random_checkpoint's folder
             shutil.rmtree(res["baseline"]["model_path"], ignore_errors=True)
     plot(res, args.png, args.fit_gib)
-    text = section(res, args, args.png, load)
+    text = section(res, args, args.png, res["baseline"].get("load"))
     print(text)
     if not args.no_write:
         report.write_section(SECTION, text, path=args.markdown)

@@ -27,6 +27,7 @@ def _env() -> dict[str, str]:
     return e
 
 
+@pytest.mark.slow  # 7 worker processes of ~11 s each (imports and tracing): ~1.5 min
 def test_tiny_run_reports_every_point_and_caching_flattens_the_estimate(tmp_path):
     markdown, png, save = tmp_path / "BENCHMARKS.md", tmp_path / "out" / "gc.png", \
         tmp_path / "points.jsonl"
