@@ -27,25 +27,24 @@ from softmcl_jax.models import from_pretrained  # noqa: E402
 
 # Architectures by name, for machines without the MiniLM package (e.g. an accelerator host):
 # random weights in the real shapes; throughput does not depend on the values.
+DEBERTA_V3_BASE = dict(
+    vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+    intermediate_size=3072, max_position_embeddings=512, relative_attention=True,
+    position_buckets=256, max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
+    norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
+    type_vocab_size=0, pad_token_id=0)
 RANDOM_CONFIGS = {
     "minilm": ("BertConfig", dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6,
                                   num_attention_heads=12, intermediate_size=1536)),
     "bert-base": ("BertConfig", dict()),
-    "deberta-v3-base": ("DebertaV2Config", dict(
-        vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-        intermediate_size=3072, max_position_embeddings=512, relative_attention=True,
-        position_buckets=256, max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
-        norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
-        type_vocab_size=0, pad_token_id=0)),
+    "deberta-v3-base": ("DebertaV2Config", DEBERTA_V3_BASE),
     # Small enough for a CPU smoke test of the benchmark scripts.
     "tiny-bert": ("BertConfig", dict(vocab_size=2000, hidden_size=128, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=512)),
+    # DeBERTa-v3's attention (relative positions only, p2c + c2p) at the tiny-bert size.
     "tiny-deberta-v3": ("DebertaV2Config", dict(
-        vocab_size=2000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=512, max_position_embeddings=512, relative_attention=True,
-        position_buckets=32, max_relative_positions=-1, pos_att_type=["p2c", "c2p"],
-        norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False,
-        type_vocab_size=0, pad_token_id=0)),
+        DEBERTA_V3_BASE, vocab_size=2000, hidden_size=128, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=512, position_buckets=32)),
 }
 
 
