@@ -58,7 +58,6 @@ import fnmatch
 import gc
 import glob
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -229,19 +228,9 @@ class TorchSide:
             torch.cuda.reset_peak_memory_stats()
         trainer = TorchTrainer(config, folder, init_heads_from=heads, device=self.device,
                                compiled=case.layout == "compile", mlm_at_targets=True)
-        losses, grad_norms = [], []
-
-        def run(i: int) -> float:
-            t0 = time.perf_counter()
-            metrics = trainer.step(batches[i])  # Python floats: waits for the step
-            if not math.isfinite(metrics["loss"]):
-                raise RuntimeError(f"step {i}: loss {metrics['loss']}")
-            losses.append(metrics["loss"])
-            grad_norms.append(metrics["grad_norm"])
-            return time.perf_counter() - t0
-
-        first_s = run(0)
-        times = sorted(run(i) for i in range(1, self.settings.repeats + 1))
+        # trainer.step returns Python floats: it waits for the step.
+        first_s, times, losses, grad_norms = step_mfu.timed_steps(
+            lambda i: trainer.step(batches[i]), self.settings.repeats)
         the_plan = objective.plan(config)
         m = config.data.mlm_max_predictions or s
         flops = step_mfu.step_flops(hf_config, the_plan, rows=b, seq=s, sentences=b,

@@ -43,6 +43,7 @@ import os
 import runpy
 import sys
 import time
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -163,6 +164,24 @@ def real_tokens(batch: dict[str, np.ndarray]) -> int:
     return int(batch["attention_mask"].sum())
 
 
+
+def timed_steps(step: Callable[[int], Mapping[str, float]], repeats: int
+                ) -> tuple[float, list[float], list[float], list[float]]:
+    """Step 0, then steps 1..``repeats``, each timed until ``step(i)`` returns its metrics as
+    host numbers (so the step has finished): (first step s, the others' times sorted, losses,
+    grad norms). A non-finite loss is an error: a diverged step's time means nothing."""
+    times, losses, grad_norms = [], [], []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        metrics = step(i)
+        times.append(time.perf_counter() - t0)
+        if not math.isfinite(metrics["loss"]):
+            raise RuntimeError(f"step {i}: loss {metrics['loss']}")
+        losses.append(metrics["loss"])
+        grad_norms.append(metrics["grad_norm"])
+    return times[0], sorted(times[1:]), losses, grad_norms
+
+
 def measure(config, path: str, *, repeats: int) -> dict:
     """Time ``repeats`` steps of ``config`` (after the compiling first one) on synthetic batches.
 
@@ -193,25 +212,17 @@ def measure(config, path: str, *, repeats: int) -> dict:
     tokens = [real_tokens(b) for b in batches]
     b, s = config.batch_size, config.model.max_len
     rows = batches[0]["packed_input_ids" if config.data.packing else "input_ids"].shape[0]
-    losses, grad_norms = [], []
     t0 = time.perf_counter()
     # Compiled ahead of time: the compile time on its own, and XLA's memory plan of the step.
     compiled = step_fn.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - t0
 
-    def run(i: int) -> float:
+    def step(i: int) -> dict[str, float]:
         nonlocal state
-        t0 = time.perf_counter()
         state, metrics = compiled(state, batches[i], step_fn.constants)
-        scalars = train.host_scalars(metrics)  # waits for the step, as a logging step does
-        if not np.isfinite(scalars["loss"]):
-            raise RuntimeError(f"step {i}: loss {scalars['loss']}")
-        losses.append(scalars["loss"])
-        grad_norms.append(scalars["grad_norm"])
-        return time.perf_counter() - t0
+        return train.host_scalars(metrics)  # waits for the step, as a logging step does
 
-    first_s = run(0)
-    times = sorted(run(i) for i in range(1, repeats + 1))
+    first_s, times, losses, grad_norms = timed_steps(step, repeats)
     m = config.data.mlm_max_predictions or s
     real = sum(padded_tokens) / (len(padded_tokens) * b * s)
     return dict(
