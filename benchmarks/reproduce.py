@@ -182,10 +182,34 @@ def finished_seeds(runs_dir: str, method: str) -> list[int]:
                   and os.path.exists(os.path.join(runs_dir, prefix + t, "eval.json")))
 
 
+# The volatile fields of a run's config.json: what differs between seeds or machines, not what
+# the run computes.
+_VOLATILE = ("seed", "workdir")
+
+
+def run_config(out: str) -> dict[str, Any]:
+    """A run's config as it trained (RUN/config.json) without its seed: what a test compares
+    with the preset (tests pin each preset to the run RESULTS.md reports for it)."""
+    config = _read_json(os.path.join(out, "config.json"))
+    return {k: v for k, v in config.items() if k not in _VOLATILE}
+
+
+def carried(previous: dict[str, Any], runs: dict[str, Any]) -> dict[str, Any]:
+    """``runs`` (this ``--runs_dir``'s) over ``previous`` (the committed summary's), per run and
+    seed: a seed rerun here replaces that seed's row, every other seed is kept as it was (with
+    the commit it trained at, which the compute table names). A reproduction whose run folders
+    are gone, or that reruns a few runs, still reports every run."""
+    out = {name: dict(seeds) for name, seeds in previous.items()
+           if name == BASE or name in RUNS}
+    for name, seeds in runs.items():
+        out.setdefault(name, {}).update(seeds)
+    return out
+
+
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     """Every finished run's numbers: {method: {seed: {...}}} plus the run settings. Every seed
     found in ``--runs_dir`` counts, not only this call's ``--seeds``: a call that adds seeds 1
-    and 2 still reports all three."""
+    and 2 still reports all three; seeds not found there come from ``--previous``."""
     runs: dict[str, Any] = {}
     found: set[int] = set()
     for method in (BASE, *RUNS):
@@ -205,12 +229,17 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                         entry["first_step"] = record.get("first_step", 0)
             if method != BASE:
                 config = _read_json(os.path.join(out, "config.json"))
+                entry["config"] = run_config(out)
                 entry["steps"] = config["total_steps"]
                 entry["batch_size"] = config["batch_size"]
                 entry["learning_rate"] = config["optimizer"]["learning_rate"]
                 with open(os.path.join(out, "metrics.jsonl")) as f:
                     entry["curve"] = [json.loads(line) for line in f]
             runs.setdefault(method, {})[str(seed)] = entry
+    previous = getattr(args, "previous", "")
+    if previous and os.path.exists(previous):
+        runs = carried(_read_json(previous)["runs"], runs)
+        found |= {int(seed) for seeds in runs.values() for seed in seeds}
     archived = []
     if getattr(args, "archive", "") and os.path.exists(args.archive):
         # A run not yet redone at this commit keeps its archived row, marked as such.
@@ -277,6 +306,9 @@ def main() -> None:
                    help="encoders that also get SST-2 full fine-tuning (slow); '' for none")
     p.add_argument("--finetune_steps", type=int, default=300)
     p.add_argument("--report_only", action="store_true")
+    p.add_argument("--previous", default=os.path.join(RESULTS_DIR, "summary.json"),
+                   help="the summary whose seeds stand in for those not in --runs_dir (read "
+                        "before it is rewritten); '' for none")
     p.add_argument("--archive", default=ARCHIVE,
                    help="earlier summary.json whose rows stand in for runs not yet redone "
                         "(marked in the tables); '' for none")
@@ -297,7 +329,7 @@ def main() -> None:
     plot_curves(summary, os.path.join(RESULTS_DIR, "training_curves.png"))
     plot_tradeoff(summary, os.path.join(RESULTS_DIR, "tradeoff.png"))
     plot_temperature(summary, os.path.join(RESULTS_DIR, "temperature.png"))
-    if "softmcl" in summary["runs"]:
+    if finished_seeds(args.runs_dir, "softmcl"):  # it embeds with the run's exported encoder
         plot_projection(args, os.path.join(RESULTS_DIR, "valence_projection.png"))
     write_results_md(summary, RESULTS_MD)
     print(table(summary, [BASE, *RUNS]))

@@ -300,3 +300,23 @@ def test_every_run_is_a_valid_config():
                     str(got) == want)
             assert same, (name, override, got)
         assert the_plan.terms, name
+
+
+def test_seeds_rerun_here_replace_theirs_and_the_rest_are_carried(args, tmp_path):
+    """The committed summary stands in for run folders that are gone: a seed rerun in
+    --runs_dir replaces that seed's row alone; runs no longer defined are dropped."""
+    old = {"eval": {"sst2": {"acc": 0.5}}, "commit": "old0001"}
+    previous = {"runs": {"simcse": {"0": old, "1": old, "2": old}, "softmcl": {"0": old},
+                         "no_such_run": {"0": old}}}
+    path = tmp_path / "previous.json"
+    path.write_text(json.dumps(previous))
+    args.previous = str(path)
+    summary = reproduce.collect(args)
+    simcse = summary["runs"]["simcse"]
+    assert [simcse[s]["eval"]["sst2"]["acc"] for s in ("0", "1", "2")] == [0.80, 0.83, 0.5]
+    assert simcse["0"]["commit"] == "abc1234" and simcse["2"]["commit"] == "old0001"
+    assert summary["runs"]["softmcl"] == {"0": old} and "no_such_run" not in summary["runs"]
+    assert summary["seeds"] == [0, 1, 2]
+    # What each seed trained with is recorded (its seed left out), for the preset pins.
+    assert simcse["0"]["config"] == {"total_steps": 20, "batch_size": 32,
+                                     "optimizer": {"learning_rate": 3e-5}}
