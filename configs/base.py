@@ -69,6 +69,9 @@ def get_base() -> ml_collections.ConfigDict:
     c.data.text_column = "text"
     c.data.label_column = ""
     c.data.valence_column = ""
+    # csv/jsonl: a second text per row, encoded as the pair's segment B ([CLS] text [SEP] pair
+    # [SEP], token_type_ids 1 on it): fine-tuning's aspect input. "" = single texts.
+    c.data.pair_column = ""
     # The valence scale of a csv/tsv/jsonl/hf file, mapped to [0, 1]; unset unless a
     # valence_column is read (placeholders, so --config.data.scale_low=1 works).
     c.data.scale_low = config_dict.placeholder(float)
@@ -198,6 +201,10 @@ def get_objective() -> ml_collections.ConfigDict:
     # Cross-entropy of a linear classifier head / of LCL's weighting network (an MLP head).
     o.ce = dict(weight=0.0, of="online/clean", head="classifier")
     o.weighting_ce = dict(weight=0.0, of="online/clean", head="weighting")
+    # Fine-tuning regression (configs/finetune.py): squared error of a linear 1-output head on the
+    # pooled vector against the sentence rating `target` (a dimension of the data's ratings, on
+    # [0, 1]), averaged over the rows that have one.
+    o.regression = dict(weight=0.0, of="online/clean", head="regressor", target="valence")
     for term in o.values():
         # Unset: the weight is constant. Set: it moves linearly from `weight` at step 0 to
         # `weight_end` at total_steps (an anchor that decays, or a term that ramps in).

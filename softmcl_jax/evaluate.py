@@ -2,6 +2,13 @@
 
     python -m softmcl_jax.evaluate --checkpoint=DIR --data_dir=../shared/data
         [--tasks=sst2,emobank,...] [--pooling=mean] [--max_examples=2000] [--output=r.json]
+    python -m softmcl_jax.evaluate --checkpoint=DIR --data_dir=../shared/data --seed=0
+        --finetune=sst2,sst5,emobank,semeval14_laptops,semeval14_restaurants,warriner
+        --finetune_steps=500 --workdir=FT_DIR --output=ft.json
+
+``--finetune=TASKS`` fine-tunes the encoder on each task as a trainer run (``configs/finetune.py``,
+``softmcl_jax.finetune``; results ``<task>_finetune``), in ``--workdir`` (a second call resumes
+or skips each run); it is the same as naming ``<task>_finetune`` in ``--tasks``.
 
 ``--checkpoint`` is a Hugging Face folder, a sentence-transformers folder (evaluated with the
 pooling of its ``1_Pooling/config.json``), a hub id, or a training workdir (its exported encoder
@@ -38,6 +45,7 @@ from softmcl_jax.evaluation.checkpoints import (
 from softmcl_jax.evaluation.data import MissingData
 from softmcl_jax.evaluation.probe import ProbeSplit, probe_split, vader_probe_split, valence_probe
 from softmcl_jax.evaluation.suite import DEFAULT_MAX_LEN, run_suite
+from softmcl_jax.finetune import TASKS as FINETUNE_TASKS
 from softmcl_jax.models import DTYPES, CheckpointError
 from softmcl_jax.models.heads import POOLINGS
 from softmcl_jax.models.hf import check_length, load_config, max_positions, resolve_name
@@ -91,9 +99,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--fewshot_k", default="8,16,32")
     p.add_argument("--fewshot_seeds", default="0,1,2,3,4")
+    p.add_argument("--finetune", default="",
+                   help="fine-tune on these tasks (comma list of "
+                        f"{','.join(FINETUNE_TASKS)}) as trainer runs; results <task>_finetune")
+    p.add_argument("--workdir", default="",
+                   help="where the fine-tuning runs go, one folder per task and seed (a second "
+                        "call resumes or skips them); default: temporary folders")
     p.add_argument("--finetune_steps", type=int, default=500)
-    p.add_argument("--finetune_lr", type=float, default=2e-5)
-    p.add_argument("--finetune_batch_size", type=int, default=32)
+    p.add_argument("--finetune_lr", type=float, default=None,
+                   help="default: configs/finetune.py's (2e-5)")
+    p.add_argument("--finetune_batch_size", type=int, default=None,
+                   help="default: configs/finetune.py's (32)")
     p.add_argument("--goemotions_drop_neutral", action="store_true",
                    help="leave neutral comments out of the clustering and retrieval")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
@@ -119,16 +135,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fewshot_k=_int_list(a.fewshot_k), fewshot_seeds=_int_list(a.fewshot_seeds),
         finetune_steps=a.finetune_steps, finetune_lr=a.finetune_lr,
         finetune_batch_size=a.finetune_batch_size,
-        goemotions_drop_neutral=a.goemotions_drop_neutral, progress=not a.no_progress)
+        goemotions_drop_neutral=a.goemotions_drop_neutral, progress=not a.no_progress,
+        finetune_workdir=a.workdir)
     tasks = None if a.tasks in (None, "", "default") else [
         t.strip() for t in a.tasks.split(",") if t.strip()]
     if tasks == []:
         p.error(f"--tasks={a.tasks} names no task")
+    finetuned = [t.strip() for t in a.finetune.split(",") if t.strip()]
+    unknown = [t for t in finetuned if t not in FINETUNE_TASKS]
+    if unknown:
+        p.error(f"--finetune={a.finetune}: unknown task(s) {unknown}; fine-tuning tasks: "
+                f"{','.join(FINETUNE_TASKS)}")
+    if finetuned:  # without --tasks, only the fine-tuning
+        named = [] if a.tasks in (None, "") else (tasks or list(DEFAULT_TASKS))
+        tasks = list(dict.fromkeys([*named, *(f"{t}_finetune" for t in finetuned)]))
     try:
         path, run_pooling = resolve_checkpoint(a.checkpoint)
         declared = max_seq_length(a.checkpoint)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"{p.prog}: error: {e}") from None
+    config.checkpoint = path  # what a fine-tuning run's model.name_or_path loads
     pooling = a.pooling or run_pooling or "mean"
     max_len = a.max_len or declared or DEFAULT_MAX_LEN
     if os.path.isfile(os.path.join(path, "config.json")):  # else loading says what is missing

@@ -42,6 +42,7 @@ __all__ = [
     "label_aware_contrastive",
     "lcl_objective",
     "masked_lm_loss",
+    "regression_squared_error",
     "retrofit_loss",
     "soft_cse",
     "soft_label_contrastive",
@@ -683,6 +684,22 @@ def classifier_cross_entropy(logits: Array, labels: Array, *, valid: Array | Non
     per_row = optax.softmax_cross_entropy_with_integer_labels(
         _valid_rows(logits, valid), jnp.asarray(labels))
     return _reduce(per_row, valid, reduction)
+
+
+def regression_squared_error(predictions: Array, targets: Array, *, valid: Array | None = None,
+                             reduction: Reduction = "mean") -> Array:
+    r"""Squared error of a regression head, ``mean_{i valid} (p_i - y_i)^2``.
+
+    ``predictions`` (B,) (a 1-output linear head on the pooled vector, flattened) and ``targets``
+    (B,) (a sentence rating, e.g. valence on [0, 1]); ``valid`` (B,) bool: the rows that have a
+    rating. Invalid rows are zeroed before the difference (an absent rating is stored as -1 and
+    padding may hold anything), so they give 0 and an exactly-0 gradient; the mean is over the
+    valid rows (0 when there are none).
+    """
+    valid = _mask(valid, predictions.shape[0])
+    p = jnp.where(valid, _as_float(predictions), 0.0)
+    y = jnp.where(valid, _as_float(targets), 0.0)
+    return _reduce(jnp.square(p - y), valid, reduction)
 
 
 def class_probabilities(logits: Array, valid: Array | None = None) -> Array:

@@ -36,12 +36,14 @@ class Model:
     def forward(self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, *,
                 train: bool, rng: jax.Array | None, mlm: bool = False,
                 mlm_positions: jax.Array | None = None, segment_ids: jax.Array | None = None,
-                mlm_rows: jax.Array | None = None) -> dict[str, jax.Array]:
+                mlm_rows: jax.Array | None = None,
+                token_type_ids: jax.Array | None = None) -> dict[str, jax.Array]:
         """The encoder's outputs: ``last_hidden_state`` (B, L, H) and, with ``mlm``, ``logits``.
 
         Packed rows: ``segment_ids`` (B, L) (0 = padding) masks attention to each segment and
         restarts positions; ``mlm_rows`` (S,) with ``mlm_positions`` (S, M) picks the MLM
-        positions of sentence ``s`` in row ``mlm_rows[s]``.
+        positions of sentence ``s`` in row ``mlm_rows[s]``. ``token_type_ids`` (B, L): text
+        pairs' segments (None: all 0, single texts).
         """
         rngs = {"dropout": rng} if train else None
         kw = {} if mlm_positions is None else {"mlm_positions": mlm_positions}
@@ -50,8 +52,8 @@ class Model:
         if mlm_rows is not None:
             kw["mlm_rows"] = mlm_rows
         return self.pretrained.module.apply(
-            {"params": params["encoder"]}, input_ids, attention_mask, train=train, mlm=mlm,
-            rngs=rngs, **kw)
+            {"params": params["encoder"]}, input_ids, attention_mask, token_type_ids,
+            train=train, mlm=mlm, rngs=rngs, **kw)
 
     def mlm_head(self, params: Any, at: jax.Array) -> jax.Array:
         """The encoder's MLM logits (..., V) of token vectors ``at`` (..., H) computed elsewhere

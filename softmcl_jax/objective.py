@@ -37,7 +37,10 @@ INPUTS = ("clean", "masked")  # input_ids; the MLM-corrupted mlm_input_ids
 ALWAYS = ("input_ids", "attention_mask", "valid")
 # With data.packing the encoder reads packed rows instead of input_ids / mlm_input_ids, and the
 # sentence-level layout (B, L) is rebuilt from each sentence's row and start.
-PACKED = {"input_ids": "packed_input_ids", "mlm_input_ids": "packed_mlm_input_ids"}
+PACKED = {"input_ids": "packed_input_ids", "mlm_input_ids": "packed_mlm_input_ids",
+          "token_type_ids": "packed_token_type_ids"}
+# Text pairs (config.data.pair_column): every pass also reads the tokens' segments.
+PAIR_KEY = "token_type_ids"
 PACKING_KEYS = ("segment_ids", "sentence_row", "sentence_start")
 
 
@@ -189,6 +192,8 @@ def plan(config: ml_collections.ConfigDict) -> Plan:
     passes = tuple(
         Pass(copy, inp, views[(copy, inp)], mlm_logits and (copy, inp) == ("online", "masked"))
         for copy in COPIES for inp in INPUTS if (copy, inp) in views)
+    if config.data.get("pair_column"):
+        batch.add(PAIR_KEY)
     if config.data.packing:
         batch = {PACKED.get(k, k) for k in batch} | set(PACKING_KEYS)
     return Plan(weights=tuple(weights), weight_ends=tuple(weight_ends), passes=passes,
@@ -216,7 +221,7 @@ def build_model(pretrained: Pretrained, the_plan: Plan, config: ml_collections.C
     """The encoder with the plan's heads, sized from the config and the encoder's width."""
     width = pretrained.config.hidden_size
     sizes = {"projection": (config.head.dim, width), "classifier": (config.data.num_labels, 0),
-             "weighting": (config.data.num_labels, width)}
+             "weighting": (config.data.num_labels, width), "regressor": (1, 0)}
     heads = {name: MLPHead(out=sizes[kind][0], hidden=sizes[kind][1])
              for name, kind in the_plan.heads}
     return Model(pretrained, heads, config.model.pooling)
@@ -270,6 +275,8 @@ class Context:
         self._cache: dict[Any, jax.Array] = {}
         self.mlm_labels = self.mlm_left_out = None
         self.packed = "segment_ids" in batch
+        # Text pairs' segments (absent: single texts, all 0), packed as the ids are.
+        types = batch.get(PACKED[PAIR_KEY] if self.packed else PAIR_KEY)
         n_train = 0
         for p in the_plan.passes:
             key = "input_ids" if p.input == "clean" else "mlm_input_ids"
@@ -277,10 +284,13 @@ class Context:
             # With packing the encoder sees rows of several sentences, masked to each segment.
             segments = batch["segment_ids"] if self.packed else None
             mask = (segments > 0).astype(jnp.int32) if self.packed else batch["attention_mask"]
+            pass_types = types
             if p.views > 1 and not chunks:
                 # One forward over the stacked views: they differ only in dropout (chunked: each
                 # chunk stacks its rows' views, grad_cache.to_chunks).
                 ids, mask = jnp.concatenate([ids] * p.views), jnp.concatenate([mask] * p.views)
+                if pass_types is not None:
+                    pass_types = jnp.concatenate([pass_types] * p.views)
                 if self.packed:
                     segments = jnp.concatenate([segments] * p.views)
             # The first training pass draws dropout from the step's key itself (so a preset with
@@ -303,7 +313,8 @@ class Context:
                     rows = batch["sentence_row"]
             self._stacked[p.name] = bool(chunks)
             if chunks:  # (views, rows, L, H): the views stay apart (grad_cache.from_chunks)
-                hidden = self._chunked(p, ids, mask, segments, pass_rng, shards, chunks, mesh)
+                hidden = self._chunked(p, ids, mask, segments, pass_rng, shards, chunks, mesh,
+                                       pass_types)
                 if p.mlm_logits:
                     at = layers.at_positions(hidden[0], positions, rows)
                     head = functools.partial(model.mlm_head, self._params[p.copy])
@@ -317,6 +328,8 @@ class Context:
                 self._views[p.name] = p.views
                 continue
             kw = {"segment_ids": segments, "mlm_rows": rows} if self.packed else {}
+            if pass_types is not None:
+                kw["token_type_ids"] = pass_types
             out = model.forward(self._params[p.copy], ids, mask, train=p.train, rng=pass_rng,
                                 mlm=p.mlm_logits, mlm_positions=positions, **kw)
             if not p.train:
@@ -333,16 +346,20 @@ class Context:
             self._views[p.name] = p.views
 
     def _chunked(self, p: Pass, ids: jax.Array, mask: jax.Array, segments: jax.Array | None,
-                 rng: jax.Array | None, shards: int, chunks: int, mesh: Mesh | None
-                 ) -> jax.Array:
+                 rng: jax.Array | None, shards: int, chunks: int, mesh: Mesh | None,
+                 types: jax.Array | None = None) -> jax.Array:
         """The token vectors of pass ``p`` (views, rows, L, H), chunk by chunk (grad_cache)."""
         params = self._params[p.copy]
         inputs = {"ids": ids, "mask": mask}
         if segments is not None:
             inputs["segments"] = segments
+        if types is not None:
+            inputs["types"] = types
 
         def forward(x, key):
             kw = {"segment_ids": x["segments"]} if "segments" in x else {}
+            if "types" in x:
+                kw["token_type_ids"] = x["types"]
             return self.model.forward(params, x["ids"], x["mask"], train=p.train, rng=key,
                                       **kw)["last_hidden_state"]
 

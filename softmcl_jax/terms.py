@@ -33,8 +33,9 @@ from softmcl_jax.models.heads import gather_words
 sg = jax.lax.stop_gradient
 
 # Head kinds: a contrastive projection (Dense(H) -> GELU -> Dense(head.dim)), a linear classifier
-# over data.num_labels, and LCL's weighting network (an MLP over data.num_labels).
-HEAD_KINDS = ("projection", "classifier", "weighting")
+# over data.num_labels, LCL's weighting network (an MLP over data.num_labels) and a linear
+# regressor (Dense(1): one rating per sentence, the regression term's).
+HEAD_KINDS = ("projection", "classifier", "weighting", "regressor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,6 +385,29 @@ def _ce_loss(ctx, knobs) -> TermOut:
                    None, valid)
 
 
+# -------------------------------------------------------------- regression (fine-tuning)
+
+
+def _regression_needs(name, knobs, config) -> Needs:
+    if knobs.target not in AFFECT_DIMS:
+        raise ValueError(f"{_field(name, 'target')}={knobs.target!r} is not one of {AFFECT_DIMS}: "
+                         "the sentence rating the head regresses on")
+    if not knobs.head:
+        raise ValueError(f"{_field(name, 'head')} is empty: a regression needs a head")
+    return Needs(passes=(knobs.of,), grads=(knobs.of,), heads=((knobs.head, "regressor"),),
+                 batch=(f"sentence_{knobs.target}",), data=(f"sentence:{knobs.target}",))
+
+
+def _regression_loss(ctx, knobs) -> TermOut:
+    """Squared error of the regressor head on the pooled vector against the sentence rating,
+    over the valid rows that have one (an absent rating is < 0)."""
+    target = ctx.batch[f"sentence_{knobs.target}"].astype(jnp.float32)
+    valid = ctx.valid & (target >= 0)
+    prediction = ctx.projected(knobs.of, knobs.head)[:, 0]
+    value = losses.regression_squared_error(prediction, target, valid=valid)
+    return TermOut(value, {}, None, valid)
+
+
 # Registry order is summation order: loss = ((w1 * l1) + w2 * l2) + ...
 TERMS: dict[str, Term] = {
     "soft_sentence": Term(
@@ -407,4 +431,6 @@ TERMS: dict[str, Term] = {
     "ce": Term(_ce_needs("classifier"), _ce_loss, "classifier cross-entropy"),
     "weighting_ce": Term(_ce_needs("weighting"), _ce_loss,
                          "cross-entropy of LCL's weighting network"),
+    "regression": Term(_regression_needs, _regression_loss,
+                       "squared error of a linear regressor head against a sentence rating"),
 }

@@ -80,7 +80,12 @@ def _may_change(field: str) -> bool:
 
 # Fields added since runs were first written, with the value that does what the code did before
 # them (a field added as an unset placeholder needs no entry: None is the old behaviour).
-ADDED_FIELDS = {"data.rating_unit": "scale", "data.mixture": []}
+ADDED_FIELDS = {"data.rating_unit": "scale", "data.mixture": [],
+                # Fine-tuning's text pairs and regression term (off: what runs did before).
+                "data.pair_column": "", "objective.regression.weight": 0.0,
+                "objective.regression.of": "online/clean",
+                "objective.regression.head": "regressor",
+                "objective.regression.target": "valence"}
 
 
 def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -56,6 +56,9 @@ PACKED_KEYS: dict[str, int | None] = {
     "input_ids": None,
     "mlm_input_ids": None,
     "mlm_labels": IGNORE_INDEX,
+    # Text pairs' segments (0 = A, 1 = B): copied with the tokens, so they restart with each
+    # packed sentence as its positions do; 0 on padding.
+    "token_type_ids": 0,
 }
 PACKED_PREFIX = "packed_"
 

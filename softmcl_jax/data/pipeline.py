@@ -129,7 +129,7 @@ log = logging.getLogger(__name__)
 # Arrays with one entry per token, (b, L): what bucketing cuts to the batch's bucket length.
 TOKEN_KEYS = frozenset({
     "input_ids", "attention_mask", "special_tokens_mask", "mlm_input_ids", "mlm_labels",
-    "token_valence", "token_valence_mask", "token_arousal", "token_dominance"})
+    "token_valence", "token_valence_mask", "token_arousal", "token_dominance", "token_type_ids"})
 MLM_KEYS = ("mlm_input_ids", "mlm_labels")
 PACKING_OUTPUTS = (*(PACKED_PREFIX + k for k in PACKED_KEYS), "segment_ids", "sentence_row",
                    "sentence_start")
@@ -191,6 +191,9 @@ class _BatchMaker:
         self.packing_rows, self.packing_shards = packing_rows, packing_shards
         self.bucket_lengths, self.rating_scales = bucket_lengths, rating_scales
         self.num_labels, self.num_steps = num_labels, num_steps
+        # Text pairs' token_type_ids are made only when asked for (keys): single-text runs'
+        # batches keep exactly the arrays they always had.
+        self.token_types = emit is not None and "token_type_ids" in emit
 
     # -- what every process computes about the whole global batch ----------------------------
 
@@ -259,7 +262,7 @@ class _BatchMaker:
             lens = self.global_lengths(source, row)
         rows = self.read_rows(source[mine], row[mine], None if lens is None else lens[mine])
         out = rows_lib.pad_rows(rows, max_len=self.max_len, pad_id=self.pad_id,
-                                num_labels=self.num_labels)
+                                num_labels=self.num_labels, token_types=self.token_types)
         out["valid"] = np.ones(b, bool)
         for key, spread in self.rating_scales.items():
             x = out[key]
@@ -512,7 +515,7 @@ class Pipeline:
         self.rating_scales = scales
 
         available = set(rows_lib.pad_rows([], max_len=max_len, pad_id=pad_id,
-                                          num_labels=num_labels))
+                                          num_labels=num_labels, token_types=True))
         generated = {"valid"}
         if masking is not None:
             generated |= set(MLM_KEYS)

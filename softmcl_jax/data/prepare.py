@@ -121,8 +121,13 @@ def _plain(value: Any) -> Any:
 
 
 def data_fields(d: ml_collections.ConfigDict) -> dict:
-    """The preparation fields of ``config.data`` (:data:`DATA_FIELDS`), as JSON values."""
-    return {k: _plain(d.get(k)) for k in DATA_FIELDS}
+    """The preparation fields of ``config.data`` (:data:`DATA_FIELDS`), as JSON values, and
+    ``pair_column`` where it is set: left out when empty, so that the identity (and the cache
+    key) of every single-text preparation stays what it was before pairs existed."""
+    out = {k: _plain(d.get(k)) for k in DATA_FIELDS}
+    if d.get("pair_column"):
+        out["pair_column"] = d.pair_column
+    return out
 
 
 def _resource(name: str) -> dict:
@@ -270,6 +275,9 @@ class Encoder:
         enc = encode_sentences(chunk, self.tokenizer, self.lexicon, max_len=s.max_len,
                                assign=s.assign, neutral_band=s.neutral_band,
                                affect_lexicons=self.affect)
+        if any(x.pair is not None for x in chunk):
+            enc.arrays.update(pair_arrays(chunk, self.tokenizer, s.max_len,
+                                          lexicon=bool(self.lexicon)))
         blobs = rows_from_encoded(enc.arrays, multi_labels=[x.labels for x in chunk])
         stats = RowStats(s.max_len)
         for b in blobs:
@@ -278,6 +286,34 @@ class Encoder:
                                                             else ()))]
         lengths = enc.arrays["attention_mask"].sum(-1).astype(prepared.LENGTHS_DTYPE)
         return Encoded(blobs, lengths, stats, enc.stats, max(labels, default=-1))
+
+
+def pair_arrays(chunk: Sequence[Sentence], tokenizer: Any, max_len: int, *, lexicon: bool
+                ) -> dict[str, np.ndarray]:
+    """The token arrays of ``chunk`` encoded as text pairs, ``[CLS] text [SEP] pair [SEP]``
+    (the tokenizer's own pair template; truncation takes from the longer text first), with
+    ``token_type_ids`` (1 on the pair's segment B): what replaces ``encode_sentences``' single
+    text encoding for a ``data.pair_column`` source.
+
+    A lexicon is refused: its word positions are found in the single-text encoding, which a
+    pair's truncation can shift (fine-tuning reads none)."""
+    if lexicon:
+        raise ValueError("config.data.pair_column is set, but so is config.data.lexicon: word "
+                         "valences are located in single texts; set config.data.lexicon='none'")
+    missing = next((x for x in chunk if x.pair is None), None)
+    if missing is not None:
+        raise ValueError(f"{missing.where or 'a row'}: no pair text (config.data.pair_column), "
+                         "while other rows have one")
+    n = len(chunk)
+    enc = tokenizer([x.text for x in chunk], [x.pair for x in chunk], max_length=max_len,
+                    truncation=True, padding="max_length", return_special_tokens_mask=True,
+                    return_attention_mask=True, return_token_type_ids=True)
+    attention = np.asarray(enc["attention_mask"], np.int32).reshape(n, max_len)
+    special = (np.asarray(enc["special_tokens_mask"]).reshape(n, max_len) > 0) | (attention == 0)
+    return {"input_ids": np.asarray(enc["input_ids"], np.int32).reshape(n, max_len),
+            "attention_mask": attention, "special_tokens_mask": special,
+            "token_type_ids": np.asarray(enc["token_type_ids"], np.int32).reshape(n, max_len)
+            * attention}
 
 
 _worker: Encoder | None = None

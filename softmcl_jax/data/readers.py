@@ -892,6 +892,7 @@ def _generic_sentence(
     num_labels: int | None,
     path: str,
     line: int,
+    pair: str | None = None,
 ) -> Sentence:
     label_id, label_ids = (None, ())
     if label is not None:
@@ -904,8 +905,9 @@ def _generic_sentence(
         if not isinstance(split, str) or not split.strip():
             raise DataError(path, line, f"missing split name: {split!r}")
         split = split.strip()
+    second = _text(get(row, pair), path, line) if pair is not None else None
     return Sentence(_text(get(row, text), path, line), valence=value, label=label_id,
-                    labels=label_ids, split=split, where=f"{path}:{line}")
+                    labels=label_ids, split=split, where=f"{path}:{line}", pair=second)
 
 
 def _generic_args(valence: str | None, scale: Any) -> tuple[float, float] | None:
@@ -928,11 +930,13 @@ def iter_csv(
     split: str | None = None,
     delimiter: str = ",",
     on_bad_row: OnBadRow = "raise",
+    pair_column: str | None = None,
 ) -> Iterator[Sentence]:
     """:func:`read_csv`'s sentences one at a time, the file read as they are."""
     path, bad = str(path), _policy(on_bad_row)
     low_high = _generic_args(valence_column, scale)
-    wanted = [c for c in (text_column, label_column, valence_column, split_column) if c]
+    wanted = [c for c in (text_column, label_column, valence_column, split_column, pair_column)
+              if c]
 
     def sentences() -> Iterator[Sentence]:
         columns, rows = _csv_table(path, bad, wanted, delimiter=delimiter)
@@ -942,7 +946,8 @@ def iter_csv(
                 sentence = _generic_sentence(
                     fields, lambda r, c: r[columns[c]], text=text_column, label=label_column,
                     valence=valence_column, split=split, split_column=split_column,
-                    scale=low_high, num_labels=num_labels, path=path, line=line)
+                    scale=low_high, num_labels=num_labels, path=path, line=line,
+                    pair=pair_column)
             except DataError as e:
                 bad.handle(e)
                 continue
@@ -996,8 +1001,10 @@ def iter_jsonl(
     split_key: str | None = None,
     split: str | None = None,
     on_bad_row: OnBadRow = "raise",
+    pair_key: str | None = None,
 ) -> Iterator[Sentence]:
-    """:func:`read_jsonl`'s sentences one at a time, the file read as they are."""
+    """:func:`read_jsonl`'s sentences one at a time, the file read as they are; ``pair_key``
+    names a second text per row (``Sentence.pair``, a pair's segment B)."""
     path, bad = str(path), _policy(on_bad_row)
     low_high = _generic_args(valence_key, scale)
 
@@ -1017,7 +1024,7 @@ def iter_jsonl(
                 sentence = _generic_sentence(
                     row, lambda r, k, line=line: _get_key(r, k, path, line), text=text_key,
                     label=label_key, valence=valence_key, split=split, split_column=split_key,
-                    scale=low_high, num_labels=num_labels, path=path, line=line)
+                    scale=low_high, num_labels=num_labels, path=path, line=line, pair=pair_key)
             except DataError as e:
                 bad.handle(e)
                 continue

@@ -33,6 +33,8 @@ class Sentence:
     labels: tuple[int, ...] = ()  # multi-label ids (GoEmotions)
     split: str | None = None  # "train" | "dev" | "test" where the source says
     where: str = ""
+    # A second text, encoded as segment B of a pair (data.pair_column; fine-tuning's aspect).
+    pair: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,11 +16,15 @@ tokens that carry a lexicon word (``token_valence_mask``), with ``word_valence``
 ``sentence`` (3,) float32, valence / arousal / dominance of the sentence (-1 where absent);
 ``label`` the single class id (-1 where none); ``labels`` (m,) int32 the multi-label ids;
 ``flags``: which supervision the row has (:data:`RATED`, :data:`WORDS`, :data:`CLASS`), what a
-mixture's per-term row masks are built from.
+mixture's per-term row masks are built from. A text pair (``data.pair_column``) also stores
+``token_type`` (n,) uint8, the segment of each token (0 = A, 1 = B), and sets the :data:`PAIR`
+bit; rows of single texts store nothing more, so folders prepared before pairs existed read
+as they always did.
 
 **Encoding.** A little-endian header ``<BBHHHi`` (format version, flags, n, k, m, label), then
-the arrays' bytes in field order. No pickle (a prepared folder is data, never code) and no
-per-row schema: decoding is a few ``np.frombuffer`` views.
+the arrays' bytes in field order (``token_type`` last, when the PAIR bit is set). No pickle
+(a prepared folder is data, never code) and no per-row schema: decoding is a few
+``np.frombuffer`` views.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ RATED = 1  # a sentence-level valence (sentence[0] >= 0)
 WORDS = 2  # at least one lexicon word (word_pos non-empty)
 CLASS = 4  # a class id (label >= 0 or labels non-empty)
 FLAG_NAMES = {RATED: "rated", WORDS: "words", CLASS: "class"}
+# A layout bit, not supervision (so not among the counted FLAG_NAMES): the row is a text pair
+# and stores its tokens' segment (token_type) after the other fields.
+PAIR = 8
 
 _HEADER = struct.Struct("<BBHHHi")
 SENTENCE_DIMS = ("valence", "arousal", "dominance")
@@ -57,11 +64,13 @@ class Row:
     sentence: np.ndarray  # (3,) float32, -1 absent
     label: int = -1
     labels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
+    token_type: np.ndarray | None = None  # (n,) uint8 segment of each token; None: one text
 
     @property
     def flags(self) -> int:
         return ((RATED if self.sentence[0] >= 0 else 0) | (WORDS if len(self.word_pos) else 0)
-                | (CLASS if self.label >= 0 or len(self.labels) else 0))
+                | (CLASS if self.label >= 0 or len(self.labels) else 0)
+                | (PAIR if self.token_type is not None else 0))
 
 
 def encode_row(row: Row) -> bytes:
@@ -78,6 +87,7 @@ def encode_row(row: Row) -> bytes:
         np.asarray(row.word_dominance, "<f4").tobytes(),
         np.asarray(row.sentence, "<f4").reshape(3).tobytes(),
         np.asarray(row.labels, "<i4").tobytes(),
+        b"" if row.token_type is None else np.asarray(row.token_type, np.uint8).tobytes(),
     ))
 
 
@@ -93,7 +103,7 @@ def decode_row(blob: bytes) -> Row:
     version, flags, n, k, m, label = _HEADER.unpack_from(blob)
     if version != ROW_FORMAT:
         raise RowError(f"row format {version}, expected {ROW_FORMAT}")
-    size = _HEADER.size + 5 * n + 16 * k + 12 + 4 * m
+    size = _HEADER.size + 5 * n + 16 * k + 12 + 4 * m + (n if flags & PAIR else 0)
     if len(blob) != size:
         raise RowError(f"a row of {len(blob)} bytes, its header says {size}")
     o = _HEADER.size
@@ -110,7 +120,8 @@ def decode_row(blob: bytes) -> Row:
     wv, wa, wd = (take(k, "<f4").astype(np.float32) for _ in range(3))
     sentence = take(3, "<f4").astype(np.float32)
     labels = take(m, "<i4").astype(np.int32)
-    row = Row(ids, special, pos, wv, wa, wd, sentence, int(label), labels)
+    token_type = take(n, np.uint8).astype(np.uint8) if flags & PAIR else None
+    row = Row(ids, special, pos, wv, wa, wd, sentence, int(label), labels, token_type)
     if row.flags != flags:
         raise RowError(f"row flags {flags} disagree with its contents ({row.flags})")
     if k and (pos.min() < 0 or pos.max() >= n):
@@ -123,7 +134,8 @@ def rows_from_encoded(arrays: Mapping[str, np.ndarray],
     """Encoded rows of ``encode_sentences``' padded arrays (right padding; attention_mask).
 
     ``multi_labels``: the ``Sentence.labels`` of each row (GoEmotions' multi-label ids), stored
-    as they are; None stores none.
+    as they are; None stores none. ``token_type_ids`` among the arrays (text pairs) is stored as
+    each row's ``token_type``.
     """
     attn = np.asarray(arrays["attention_mask"]).astype(bool)
     lens = attn.sum(-1)
@@ -135,6 +147,7 @@ def rows_from_encoded(arrays: Mapping[str, np.ndarray],
     td = np.asarray(arrays.get("token_dominance", none))
     sentence = np.stack([np.asarray(arrays.get(f"sentence_{d}", none[:, 0]), np.float32)
                          for d in SENTENCE_DIMS], -1)
+    types = arrays.get("token_type_ids")
     out = []
     for i in range(n_rows):
         n = int(lens[i])
@@ -144,17 +157,21 @@ def rows_from_encoded(arrays: Mapping[str, np.ndarray],
             word_pos=pos, word_valence=arrays["token_valence"][i, pos],
             word_arousal=ta[i, pos], word_dominance=td[i, pos], sentence=sentence[i],
             label=int(arrays["labels"][i]),
-            labels=np.asarray(multi_labels[i] if multi_labels is not None else (), np.int32))))
+            labels=np.asarray(multi_labels[i] if multi_labels is not None else (), np.int32),
+            token_type=None if types is None else np.asarray(types[i, :n], np.uint8))))
     return out
 
 
 def pad_rows(rows: Sequence[Row], *, max_len: int, pad_id: int,
-             num_labels: int | None = None) -> dict[str, np.ndarray]:
+             num_labels: int | None = None, token_types: bool = False
+             ) -> dict[str, np.ndarray]:
     """The padded (B, max_len) arrays of ``encode_sentences`` for ``rows``: equal, key for key
     and value for value, to encoding their texts with the same tokenizer and lexicon at
     ``max_len``. ``num_labels`` adds ``multi_labels`` (B, num_labels) multi-hot (from
     ``labels``, else ``label``). A row longer than ``max_len`` is an error: the folder was
-    prepared for another ``max_len`` (the manifest check says which)."""
+    prepared for another ``max_len`` (the manifest check says which). ``token_types`` adds
+    ``token_type_ids`` (B, max_len) int32: each pair row's segments, 0 elsewhere (padding and
+    single texts)."""
     b = len(rows)
     ids = np.full((b, max_len), pad_id, np.int32)
     attn = np.zeros((b, max_len), np.int32)
@@ -166,6 +183,7 @@ def pad_rows(rows: Sequence[Row], *, max_len: int, pad_id: int,
     sent = np.full((b, 3), -1.0, np.float32)
     labels = np.full(b, -1, np.int32)
     multi = np.zeros((b, num_labels or 0), np.int32)
+    types = np.zeros((b, max_len), np.int32)
     for i, r in enumerate(rows):
         n = len(r.input_ids)
         if n > max_len:
@@ -174,6 +192,8 @@ def pad_rows(rows: Sequence[Row], *, max_len: int, pad_id: int,
         tv[i, r.word_pos], tmask[i, r.word_pos] = r.word_valence, True
         ta[i, r.word_pos], td[i, r.word_pos] = r.word_arousal, r.word_dominance
         sent[i], labels[i] = r.sentence, r.label
+        if r.token_type is not None:
+            types[i, :n] = r.token_type
         if num_labels:
             multi[i, r.labels if len(r.labels) else ([r.label] if r.label >= 0 else [])] = 1
     out = {
@@ -185,6 +205,8 @@ def pad_rows(rows: Sequence[Row], *, max_len: int, pad_id: int,
     }
     if num_labels:
         out["multi_labels"] = multi
+    if token_types:
+        out["token_type_ids"] = types
     return out
 
 

@@ -70,12 +70,13 @@ def iter_sentences(d: ml_collections.ConfigDict) -> Iterator[Sentence]:
             path, text_column=d.text_column, label_column=d.get("label_column") or None,
             valence_column=d.get("valence_column") or None, scale=_scale(d),
             num_labels=d.get("num_labels") or None, delimiter="\t" if src == "tsv" else ",",
-            on_bad_row=bad)
+            on_bad_row=bad, pair_column=d.get("pair_column") or None)
     if src == "jsonl":
         return readers.iter_jsonl(
             path, text_key=d.text_column, label_key=d.get("label_column") or None,
             valence_key=d.get("valence_column") or None, scale=_scale(d),
-            num_labels=d.get("num_labels") or None, on_bad_row=bad)
+            num_labels=d.get("num_labels") or None, on_bad_row=bad,
+            pair_key=d.get("pair_column") or None)
     if src == "hf":
         return readers.iter_hf(
             path, split=split or "train", text_column=d.text_column,

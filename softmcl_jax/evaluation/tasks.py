@@ -7,8 +7,11 @@ sst2, sst5                logistic-regression probe on the pooled sentence vecto
                                                                                       macro_f1
 sst2_fewshot,             logistic regression from k examples per class (unit         acc_k{k}_
 sst5_fewshot              vectors, C fixed), mean and std over seeds                  mean/std
-sst2_finetune,            full fine-tuning, encoder + linear head (slow; not in the   acc,
-sst5_finetune             default list)                                               macro_f1
+sst2_finetune,            full fine-tuning, encoder + linear head, as a trainer run   acc,
+sst5_finetune,            (softmcl_jax.finetune); aspects as (sentence, aspect)       macro_f1
+semeval14_*_finetune      pairs (slow; not in the default list; --finetune=TASKS)
+emobank_finetune,         the same with a linear regressor (squared error) on the     pearson,
+warriner_finetune         sentence / word valence                                     spearman
 emobank                   ridge probe of sentence valence                             pearson,
                                                                                       spearman
 emobank_arousal,          ridge probes of sentence arousal and dominance (EmoBank's   pearson,
@@ -58,6 +61,7 @@ from softmcl_jax.evaluation.probes import (
     logistic_probe,
     ridge_probe,
 )
+from softmcl_jax.finetune import TASKS as FINETUNE_TASKS
 from softmcl_jax.models import Pretrained
 
 log = logging.getLogger(__name__)
@@ -73,10 +77,15 @@ class SuiteConfig:
     fewshot_k: tuple[int, ...] = (8, 16, 32)
     fewshot_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     finetune_steps: int = 500
-    finetune_lr: float = 2e-5
-    finetune_batch_size: int = 32
+    # None: configs/finetune.py's (2e-5, 32), the same for every encoder.
+    finetune_lr: float | None = None
+    finetune_batch_size: int | None = None
     goemotions_drop_neutral: bool = False
     progress: bool = True
+    # Fine-tuning (``*_finetune``): the encoder folder the trainer loads (set by the CLI to the
+    # resolved --checkpoint) and where its runs go ("": a temporary folder, removed after).
+    checkpoint: str = ""
+    finetune_workdir: str = ""
 
 
 @dataclasses.dataclass
@@ -139,32 +148,13 @@ def sst_fewshot(ctx: Context, name: str) -> TaskResult:
     return TaskResult(name, d.eval_split, len(d.eval), metrics, notes)
 
 
-def sst_finetune(ctx: Context, name: str) -> TaskResult:
-    from sklearn.metrics import accuracy_score, f1_score
+def finetune(ctx: Context, name: str) -> TaskResult:
+    """``<task>_finetune``: fine-tuning on the task through the trainer (``evaluation.finetune``
+    / ``softmcl_jax.finetune``), scored on the task's evaluation split."""
+    from softmcl_jax.evaluation.finetune import finetune_task
 
-    from softmcl_jax.evaluation.finetune import finetune_classifier
-
-    base = name.removesuffix("_finetune")
-    d, num_labels = D.load_sst(ctx.config.data_dir, base, ctx.config.max_examples)
-    c, enc = ctx.config, ctx.encoder
-    # Fine-tuning needs no selection split: train on all of the (capped) train file.
-    train = d.train + d.select if d.eval_split == "dev" else d.train
-    tuned, head = finetune_classifier(
-        ctx.pretrained, ctx.tokenizer, [s.text for s in train], [s.label for s in train],
-        num_labels=num_labels, steps=c.finetune_steps, learning_rate=c.finetune_lr,
-        batch_size=c.finetune_batch_size, max_len=enc.max_len, pooling=enc.pooling,
-        seed=c.seed, progress=c.progress)
-    # Inference through a fresh Encoder (own cache) on the tuned weights: same jitted functions.
-    tuned_enc = Encoder(ctx.pretrained, tuned, ctx.tokenizer, pooling=enc.pooling,
-                        max_len=enc.max_len, batch_size=enc.batch_size, progress=c.progress)
-    x = tuned_enc.sentences([s.text for s in d.eval], f"{name} {d.eval_split}")
-    pred = (x @ head["kernel"] + head["bias"]).argmax(axis=1)
-    gold = np.asarray([s.label for s in d.eval])
-    metrics = {"acc": float(accuracy_score(gold, pred)),
-               "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0))}
-    return TaskResult(name, d.eval_split, len(d.eval), metrics,
-                      f"AdamW lr={c.finetune_lr:g}, {c.finetune_steps} steps of "
-                      f"{c.finetune_batch_size}; train n={len(train)}")
+    r = finetune_task(ctx, name.removesuffix("_finetune"))
+    return TaskResult(r.task, r.split, r.n, r.metrics, r.notes)
 
 
 # --- (b, c) valence regression ---------------------------------------------------------------
@@ -256,10 +246,9 @@ TASKS: dict[str, Callable[[Context, str], TaskResult]] = {
     "stsb": stsb,
     "sst2_fewshot": sst_fewshot,
     "sst5_fewshot": sst_fewshot,
-    "sst2_finetune": sst_finetune,
-    "sst5_finetune": sst_finetune,
+    **{f"{t}_finetune": finetune for t in FINETUNE_TASKS},
 }
-SLOW_TASKS = ("sst2_finetune", "sst5_finetune")  # not run unless named
+SLOW_TASKS = tuple(f"{t}_finetune" for t in FINETUNE_TASKS)  # not run unless named
 DEFAULT_TASKS = tuple(t for t in TASKS if t not in SLOW_TASKS)
 
 
