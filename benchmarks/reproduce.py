@@ -143,10 +143,14 @@ def evaluate(args: argparse.Namespace, method: str, seed: int) -> None:
 
 
 def finetune(args: argparse.Namespace, method: str, seed: int) -> None:
-    """SST-2 full fine-tuning (encoder + linear head) of the base or trained encoder, on the whole
-    train split: the protocol behind the SoftMCL paper's SST-2 number, at MiniLM scale."""
+    """Full fine-tuning (encoder + linear head, a trainer run per task: configs/finetune.py) of
+    the base or trained encoder on ``--finetune_tasks``, on the whole train split: the protocol
+    behind the SoftMCL paper's downstream numbers, at MiniLM scale. The runs stay in
+    RUN/finetune_runs, so an interrupted reproduction resumes them."""
+    runs = os.path.join(run_dir(args.runs_dir, method, seed), "finetune_runs")
     _suite(args, method, seed, "finetune",
-           ["--tasks=sst2_finetune", f"--finetune_steps={args.finetune_steps}"])
+           [f"--finetune={args.finetune_tasks}", f"--finetune_steps={args.finetune_steps}",
+            f"--workdir={runs}"])
 
 
 def run_all(args: argparse.Namespace, names: list[str]) -> None:
@@ -303,8 +307,13 @@ def main() -> None:
     p.add_argument("--max_examples", type=int, default=2000)
     p.add_argument("--max_len", type=int, default=64)
     p.add_argument("--finetune_methods", default=f"{BASE},softmcl",
-                   help="encoders that also get SST-2 full fine-tuning (slow); '' for none")
+                   help="encoders that also get full fine-tuning on --finetune_tasks (slow); "
+                        "'' for none")
     p.add_argument("--finetune_steps", type=int, default=300)
+    p.add_argument("--finetune_tasks", default="sst2",
+                   help="comma list of softmcl_jax.finetune.TASKS each --finetune_methods "
+                        "encoder is fine-tuned on (sst2,sst5,emobank,semeval14_laptops,"
+                        "semeval14_restaurants,warriner: all four task types)")
     p.add_argument("--report_only", action="store_true")
     p.add_argument("--previous", default=os.path.join(RESULTS_DIR, "summary.json"),
                    help="the summary whose seeds stand in for those not in --runs_dir (read "
