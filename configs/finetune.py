@@ -5,7 +5,8 @@
 ``data`` (the task's train split, written as JSON Lines), the objective term (``ce`` over
 ``data.num_labels`` classes, or ``regression`` on the sentence rating), ``model.max_len`` /
 ``model.pooling`` (the suite's) and ``total_steps``; every other number below is the same for
-every encoder.
+every encoder. On its own (``python main.py --config=configs/finetune.py``) it fine-tunes
+MiniLM on SST-2's train file (``--config.data.path=DATA/sst2/stsa.binary.train``).
 
 Where the numbers come from: the SoftMCL paper fine-tunes as BERT and DeBERTa are fine-tuned on
 GLUE (Devlin et al. 2019, appendix A.3; He et al. 2021): AdamW at lr 2e-5, batch 32, linear
@@ -39,7 +40,10 @@ def get_config():
     c.keep_checkpoints = 1
     c.model.dropout = None  # the checkpoint's rates (0.1 for BERT-style encoders)
     c.model.max_len = 128
-    c.data.source = "jsonl"
+    # The default task, SST-2 (the fine-tuning CLI replaces the data with each task's).
+    c.data.source = "sst"
+    c.data.path = "../shared/data/sst2/stsa.binary.train"
+    c.data.num_labels = 2
     c.data.lexicon = "none"  # no word valences: the supervision is the task's label or rating
     c.data.mlm_rate = 0.0
     c.data.packing = True

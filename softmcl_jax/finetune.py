@@ -184,7 +184,7 @@ def task_config(task: str, *, checkpoint: str, train_path: str, num_labels: int,
         c.optimizer.learning_rate = learning_rate
     d = c.data
     d.source, d.path, d.cache_dir = "jsonl", train_path, cache_dir
-    d.text_column = "text"
+    d.text_column, d.num_labels = "text", 0
     o = c.objective
     o.ce.weight = o.regression.weight = 0.0
     if spec.kind == "classification":

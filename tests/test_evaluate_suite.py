@@ -273,6 +273,8 @@ def test_cli_end_to_end(model_dir, tmp_path, capsys, with_test):
     assert got["emobank_arousal"]["pearson"] != got["emobank"]["pearson"]
     if with_test:
         assert got["semeval14_laptops"]["n"] == 40  # Test, capped
+        # Fine-tuning is a trainer run (softmcl_jax.finetune), not a loop of its own.
+        assert md.count("trainer run") == 2 and md.count("2 steps of 8") == 2
     else:
         assert "held out" in md and "of Train sentences" in md
 
