@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         declared = max_seq_length(a.checkpoint)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"{p.prog}: error: {e}") from None
-    config.checkpoint = path  # what a fine-tuning run's model.name_or_path loads
+    config.checkpoint = str(path)  # what a fine-tuning run's model.name_or_path loads
     pooling = a.pooling or run_pooling or "mean"
     max_len = a.max_len or declared or DEFAULT_MAX_LEN
     if os.path.isfile(os.path.join(path, "config.json")):  # else loading says what is missing

@@ -172,7 +172,7 @@ def task_config(task: str, *, checkpoint: str, train_path: str, num_labels: int,
     c = preset["get_config"]()
     c.name = f"finetune_{task}"
     c.seed = seed
-    c.model.name_or_path = checkpoint
+    c.model.name_or_path = str(checkpoint)
     c.model.max_len = max_len
     c.model.pooling = pooling
     c.total_steps = steps
