@@ -11,6 +11,9 @@ groups, one per part of RESULTS.md:
 * ``AFFECT``: soft labels over valence, arousal and dominance vs valence alone (the SoftMCL
   paper's open question 1), on EmoBank train and Warriner's train words.
 * ``GRID``: SoftMCL's feature temperature x label temperature, one seed (open question 3).
+* ``AFFECT_MIX``: the all-affect recipe (``configs/softmcl_affect.py``: VADER's rated sentences
+  mixed with GoEmotions' emotion labels), SupCon or LCL on a head or on the pooled output, one
+  seed (a screen).
 """
 
 from __future__ import annotations
@@ -152,7 +155,34 @@ GRID = {
     if (t, lt) != PRESET_TEMPERATURES
 }
 
-RUNS: dict[str, Run] = {**METHODS, **MIXES, **AFFECT, **GRID}
+# The all-affect recipe (issue 27): configs/softmcl_affect.py, the anchored SoftMCL on VADER's
+# rated sentences mixed 0.5 / 0.5 with GoEmotions' single-label comments, plus a term over the
+# 28 emotion classes. The screen (one seed, the whole suite): SupCon or LCL, each on its own
+# projection head ("emotion") or on the pooled output that the evaluation reads.
+AFFECT_MIX_DATA = "shipped VADER sentences + lexicon + GoEmotions train (single-label)"
+# The preset's mixture with GoEmotions under --data_dir (the preset reads $SOFTMCL_DATA_DIR);
+# a (field, value) pairs literal (config_check.mixture_entries), so no braces but {data}'s.
+AFFECT_MIXTURE = ("data.mixture=(((('source', 'vader'),), 0.5), ((('source', 'goemotions'), "
+                  "('path', '{data}/goemotions/train.tsv'), ('single_label_only', True)), 0.5))")
+# LCL as configs/lcl.py sets it (alpha = 0.5: ce + weighting_ce at 0.5, lcl at 0.5, tau 0.3)
+# in place of SupCon.
+_LCL = ("objective.supcon.weight=0", "objective.ce.weight=0.5",
+        "objective.weighting_ce.weight=0.5", "objective.lcl.weight=0.5",
+        "objective.lcl.temperature=0.3")
+AFFECT_MIX = {
+    "affect_supcon_head": Run("softmcl_affect", AFFECT_MIX_DATA, (AFFECT_MIXTURE,),
+                              only_seed=GRID_SEED),
+    "affect_supcon_pooled": Run("softmcl_affect", AFFECT_MIX_DATA,
+                                (AFFECT_MIXTURE, "objective.supcon.head="), only_seed=GRID_SEED),
+    "affect_lcl_head": Run("softmcl_affect", AFFECT_MIX_DATA,
+                           (AFFECT_MIXTURE, *_LCL, "objective.lcl.head=emotion"),
+                           only_seed=GRID_SEED),
+    "affect_lcl_pooled": Run("softmcl_affect", AFFECT_MIX_DATA,
+                             (AFFECT_MIXTURE, *_LCL, "objective.lcl.head="),
+                             only_seed=GRID_SEED),
+}
+
+RUNS: dict[str, Run] = {**METHODS, **MIXES, **AFFECT, **GRID, **AFFECT_MIX}
 
 # Issue 15's goal, all at once (means over seeds, dev): SoftMCL's sentiment scores of the
 # padded-era RESULTS.md and the base encoder's similarity. (task, metric) -> at least.

@@ -52,11 +52,21 @@ def get_base() -> ml_collections.ConfigDict:
     # written by `python -m softmcl_jax.data.prepare`, at data.path)
     c.data.source = "vader"
     c.data.path = ""
-    # Prepared folders mixed with weights, (("DIR", weight), ...): training rows are drawn from
-    # the folders in proportion to their weights (> 0, any scale). () = one source, data.source; a
-    # mixture replaces data.source="prepared" (giving both is refused). On the command line:
-    # --config.data.mixture="(('DIR_A', 0.5), ('DIR_B', 0.5))" (a Python literal; one folder is
-    # "(('DIR', 1.0),)", with the trailing comma).
+    # Sources mixed with weights, ((WHAT, weight), ...): training rows are drawn from the entries
+    # in proportion to their weights (> 0, any scale). WHAT is a prepared folder, "DIR", or a
+    # source given as (field, value) pairs of this data section, e.g.
+    #   ((("source", "goemotions"), ("path", "train.tsv"), ("single_label_only", True)), 0.5)
+    # whose fields override this section's for that entry alone; it is prepared into
+    # data.cache_dir on first use exactly as a run of that one source prepares it (same folder),
+    # then read like any folder. Pairs, not a dict: ml_collections cannot freeze a dict held in a
+    # tuple, and pairs survive config.json and the resume guard unchanged. An entry may set
+    # config_check.ENTRY_FIELDS (source, path, vader_sets, split, the columns, scale_low/high,
+    # single_label_only, on_bad_row, max_examples); lexicon, lexicon_words, assign,
+    # neutral_band and num_labels stay run-wide (every entry shares them), as does every field
+    # that acts on batches (mlm_rate, packing, rating_unit, ...). () = one source, data.source;
+    # a mixture replaces data.source="prepared" (giving both is refused). On the command line
+    # (a Python literal; one entry is "(('DIR', 1.0),)", with the trailing comma):
+    #   --config.data.mixture="(('DIR_A', 0.5), ((('source', 'vader'),), 0.5))"
     c.data.mixture = ()
     # Where data.source (other than "prepared") is prepared on first use, then read from:
     # "" = $SOFTMCL_CACHE_DIR, else ~/.cache/softmcl_jax/prepared.
@@ -196,8 +206,10 @@ def get_objective() -> ml_collections.ConfigDict:
                       max_words_per_sentence=4)
     # LCL (Suresh & Ong): label-aware contrast of the pooled vectors, negatives weighted by the
     # weighting head's class probabilities (gradients reach it unless detach_class_weights).
-    o.lcl = dict(weight=0.0, temperature=0.3, of="online/clean", weighting_head="weighting",
-                 detach_class_weights=False)
+    # head: a projection head the contrasted vectors go through ("" = the pooled vectors, the
+    # paper's); the weighting head reads the pooled vectors either way.
+    o.lcl = dict(weight=0.0, temperature=0.3, of="online/clean", head="",
+                 weighting_head="weighting", detach_class_weights=False)
     # Cross-entropy of a linear classifier head / of LCL's weighting network (an MLP head).
     o.ce = dict(weight=0.0, of="online/clean", head="classifier")
     o.weighting_ce = dict(weight=0.0, of="online/clean", head="weighting")

@@ -4,12 +4,14 @@ table), before anything is loaded or written. Each message names the ``config.``
 objective is refused where a term's gradient reaches no online pass (``Plan.untrained``). A
 term's data are checked here against the manifests of ``data.mixture`` or of
 ``data.source="prepared"`` (``objective.check_sources``); a source that is prepared on first use
-is checked once prepared, and labels against ``data.num_labels`` when the rows are read
+(``data.source``, or a source entry of ``data.mixture``: :func:`mixture_entries`) is checked
+once prepared, and labels against ``data.num_labels`` when the rows are read
 (``data.sources.check_labels``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -20,6 +22,7 @@ import ml_collections
 
 from softmcl_jax import grad_cache, objective
 from softmcl_jax.cli_config import check_finite
+from softmcl_jax.data import prepare as prepare_fields
 from softmcl_jax.data import prepared
 from softmcl_jax.data.rating_units import RATING_UNITS
 from softmcl_jax.data.sources import SOURCES
@@ -32,29 +35,120 @@ def _require(ok: bool, field: str, value: object, what: str) -> None:
         raise ValueError(f"config.{field}={value!r} {what}")
 
 
-MIXTURE_EXAMPLE = ("--config.data.mixture=\"(('DIR_A', 0.5), ('DIR_B', 0.5))\" (one folder: "
-                   "\"(('DIR', 1.0),)\", with the trailing comma)")
+MIXTURE_EXAMPLE = ("--config.data.mixture=\"(('DIR_A', 0.5), ((('source', 'vader'),), 0.5))\" "
+                   "(a prepared folder, or a source as (field, value) pairs of config.data; one "
+                   "entry: \"(('DIR', 1.0),)\", with the trailing comma)")
+
+# The config.data fields a mixture entry may set for itself: what decides one source's rows
+# (prepare.DATA_FIELDS) less what every entry must share.
+ENTRY_FIELDS = ("source", "path", "vader_sets", "split", "text_column", "label_column",
+                "valence_column", "scale_low", "scale_high", "single_label_only", "on_bad_row",
+                "max_examples")
+# Data fields that stay run-wide, and why (the reason ends the refusal's message).
+_RUN_WIDE = {
+    **dict.fromkeys(("lexicon", "lexicon_words", "assign", "neutral_band"),
+                    "every entry of a mixture is prepared with the run's own (a folder prepared "
+                    "with another is refused as incompatible: prepared.check_compatible)"),
+    "num_labels": "the run's classes (the width of the ce and lcl heads; every entry's labels "
+                  "are checked against it)",
+}
 
 
-def _check_mixture(mixture: Any) -> tuple[tuple[str, float], ...]:
-    """``config.data.mixture`` as (folder, weight) pairs; ``ValueError`` naming the entry."""
-    if not isinstance(mixture, (tuple, list)):
-        raise ValueError(f"config.data.mixture={mixture!r} is not a tuple of ('DIR', weight) "
-                         f"pairs: {MIXTURE_EXAMPLE}")
+@dataclasses.dataclass(frozen=True)
+class MixtureEntry:
+    """One ``config.data.mixture`` entry: a prepared ``folder``, or the ``fields`` of
+    ``config.data`` that describe a source prepared into the cache on first use."""
+
+    folder: str | None
+    fields: tuple[tuple[str, Any], ...]
+    weight: float
+
+
+def _entry_fields(value: Any, field: str, data: ml_collections.ConfigDict
+                  ) -> tuple[tuple[str, Any], ...]:
+    """A source entry's (field, value) pairs, checked; ``ValueError`` naming ``field``."""
+    if isinstance(value, Mapping):
+        raise ValueError(
+            f"{field}: the source {dict(value)!r} is a dict; write it as (field, value) pairs, "
+            f"{tuple(dict(value).items())!r}: ml_collections cannot freeze a dict held in a "
+            "tuple (FrozenConfigDict), and one form keeps the run's config.json comparable on "
+            "resume")
     pairs = []
+    for pair in value:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)):
+            raise ValueError(f"{field}: {pair!r} is not a (field, value) pair of config.data: "
+                             f"{MIXTURE_EXAMPLE}")
+        pairs.append((pair[0], tuple(pair[1]) if isinstance(pair[1], list) else pair[1]))
+    names = [k for k, _ in pairs]
+    for k in names:
+        where = f"{field} sets config.data.{k}"
+        if names.count(k) > 1:
+            raise ValueError(f"{where} twice")
+        if k in _RUN_WIDE:
+            raise ValueError(f"{where}: run-wide, not per entry: {_RUN_WIDE[k]}. Set "
+                             f"config.data.{k} instead")
+        if k in data and k not in ENTRY_FIELDS:
+            raise ValueError(f"{where}: run-wide, not per entry (it acts on the whole run's "
+                             f"batches). An entry may set {', '.join(ENTRY_FIELDS)}")
+        if k not in data:
+            raise ValueError(f"{where}: no such field of config.data; an entry may set "
+                             f"{', '.join(ENTRY_FIELDS)}")
+    fields = dict(pairs)
+    if "source" not in fields:
+        raise ValueError(f"{field}={tuple(pairs)!r} names no source: start with ('source', "
+                         f"NAME), NAME one of {SOURCES}")
+    if fields["source"] == "prepared":
+        raise ValueError(f"{field} sets config.data.source='prepared': give the prepared folder "
+                         "itself as the entry, ('DIR', weight)")
+    if fields["source"] not in SOURCES:
+        raise ValueError(f"{field} sets config.data.source={fields['source']!r}: not one of "
+                         f"{SOURCES}")
+    for k, v in pairs:
+        try:
+            prepare_fields.source_data(data, ((k, v),))
+        except TypeError as e:  # ConfigDict refuses a value of another type than the field's
+            raise ValueError(f"{field} sets config.data.{k}={v!r}, not of the field's type "
+                             f"({e})") from None
+    entry = prepare_fields.source_data(data, pairs)
+    low, high = entry.scale_low, entry.scale_high
+    if (low is None) != (high is None) or (low is not None and not low < high):
+        raise ValueError(f"{field}: config.data.scale_low={low!r} and scale_high={high!r}: set "
+                         "both (low < high, the file's valence scale) or neither")
+    if entry.max_examples < 0:
+        raise ValueError(f"{field} sets config.data.max_examples={entry.max_examples}: must be "
+                         ">= 0 (0 = all)")
+    return tuple(pairs)
+
+
+def mixture_entries(mixture: Any, data: ml_collections.ConfigDict) -> tuple[MixtureEntry, ...]:
+    """``config.data.mixture`` as :class:`MixtureEntry` s; ``ValueError`` naming the entry.
+
+    An entry is ``(what, weight)``: ``what`` is a prepared folder (``"DIR"``) or a source given
+    as (field, value) pairs of ``config.data`` (``data``, the run's, which they override for that
+    entry alone), e.g. ``(("source", "goemotions"), ("path", "train.tsv"))``."""
+    if not isinstance(mixture, (tuple, list)):
+        raise ValueError(f"config.data.mixture={mixture!r} is not a tuple of (folder or source, "
+                         f"weight) pairs: {MIXTURE_EXAMPLE}")
+    entries = []
     for i, entry in enumerate(mixture):
         field = f"config.data.mixture[{i}]"
         if not (isinstance(entry, (tuple, list)) and len(entry) == 2
-                and isinstance(entry[0], str) and entry[0]
+                and ((isinstance(entry[0], str) and entry[0])
+                     or isinstance(entry[0], (tuple, list, Mapping)))
                 and isinstance(entry[1], Real) and not isinstance(entry[1], bool)):
             raise ValueError(f"{field}={entry!r} is not a ('DIR', weight) pair of a prepared "
-                             f"folder and a number: {MIXTURE_EXAMPLE}")
-        folder, weight = entry
+                             "folder and a number, nor a (((field, value), ...), weight) pair of "
+                             f"a source and a number: {MIXTURE_EXAMPLE}")
+        what, weight = entry
         if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"{field}={entry!r}: the weight {weight!r} must be finite and > 0 "
-                             "(leave a folder out rather than weigh it 0)")
-        pairs.append((folder, float(weight)))
-    return tuple(pairs)
+                             "(leave an entry out rather than weigh it 0)")
+        if isinstance(what, str):
+            entries.append(MixtureEntry(what, (), float(weight)))
+        else:
+            fields = _entry_fields(what, field, data)
+            entries.append(MixtureEntry(None, fields, float(weight)))
+    return tuple(entries)
 
 
 def _manifest(path: str, field: str) -> Mapping[str, Any]:
@@ -159,7 +253,7 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
     d = c.data
     _require(d.source in (*SOURCES, "prepared"), "data.source", d.source,
              f"is not one of {(*SOURCES, 'prepared')}")
-    mixture = _check_mixture(d.mixture)
+    mixture = mixture_entries(d.mixture, d)
     if mixture and d.source == "prepared" and d.path:
         raise ValueError(f"config.data.mixture={tuple(d.mixture)!r} and config.data.source="
                          f"'prepared' with config.data.path={d.path!r} are alternatives: give the "
@@ -202,11 +296,17 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
             _require(d.mlm_rate > 0, "data.mlm_rate", d.mlm_rate,
                      f"must be > 0: config.objective.{term} needs MLM-corrupted input")
     # The prepared folders named here: their manifests say what data they hold, so a term
-    # without its data is refused now, not after loading.
-    if mixture:
+    # without its data is refused now, not after loading. A mixture with a source entry is
+    # checked once its sources are prepared (loop.build_pipeline): a term may find its data in
+    # that source alone.
+    if mixture and all(e.folder is not None for e in mixture):
         objective.check_sources(
-            the_plan, [(folder, _manifest(folder, f"config.data.mixture[{i}]"))
-                       for i, (folder, _) in enumerate(mixture)], c)
+            the_plan, [(e.folder, _manifest(e.folder, f"config.data.mixture[{i}]"))
+                       for i, e in enumerate(mixture)], c)
+    elif mixture:
+        for i, e in enumerate(mixture):
+            if e.folder is not None:  # a folder that is not there is refused now all the same
+                _manifest(e.folder, f"config.data.mixture[{i}]")
     elif d.source == "prepared":
         objective.check_sources(the_plan, [(d.path, _manifest(d.path, "config.data.path"))], c)
     return the_plan

@@ -109,14 +109,19 @@ def data_sources(config: ml_collections.ConfigDict, tokenizer
                  ) -> tuple[list[PreparedSource], list[float]]:
     """The run's prepared folders and their weights, each checked against the run.
 
-    ``data.mixture`` names folders and weights; ``data.source="prepared"`` one folder
-    (``data.path``); any other source is prepared into the cache on first use (the same path
-    for 10^4 and 10^8 sentences). A folder prepared with another tokenizer, ``max_len``,
-    lexicon or probe split is refused, naming both values.
+    ``data.mixture`` names folders and sources with weights; ``data.source="prepared"`` one
+    folder (``data.path``); any other source is prepared into the cache on first use (the same
+    path for 10^4 and 10^8 sentences), and so is each source entry of a mixture (its fields
+    override ``config.data``'s: ``prepare.source_config``, the folder a run of that source alone
+    prepares). A folder prepared with another tokenizer, ``max_len``, lexicon or probe split is
+    refused, naming both values.
     """
     d = config.data
     if d.mixture:
-        entries = [(str(path), float(weight)) for path, weight in d.mixture]
+        entries = [(e.folder if e.folder is not None
+                    else prepare.cached(prepare.source_config(config, e.fields),
+                                        cache_dir(config)), e.weight)
+                   for e in config_check.mixture_entries(d.mixture, d)]
     elif d.source == "prepared":
         entries = [(d.path, 1.0)]
     else:

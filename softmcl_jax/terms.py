@@ -349,9 +349,13 @@ def _lcl_needs(name, knobs, config) -> Needs:
     if not knobs.weighting_head:
         raise ValueError(f"{_field(name, 'weighting_head')} is empty: LCL weighs negatives by "
                          "a head's class probabilities")
+    if knobs.head == knobs.weighting_head:
+        raise ValueError(f"{_field(name, 'head')}={knobs.head!r} is the weighting head: give the "
+                         "contrasted vectors a projection head of another name, or '' (the "
+                         "pooled vectors)")
     return Needs(passes=(knobs.of,), grads=(knobs.of,),
-                 heads=((knobs.weighting_head, "weighting"),), batch=("labels",),
-                 data=("labels",))
+                 heads=(*_head(name, knobs), (knobs.weighting_head, "weighting")),
+                 batch=("labels",), data=("labels",))
 
 
 def _lcl_loss(ctx, knobs) -> TermOut:
@@ -361,7 +365,9 @@ def _lcl_loss(ctx, knobs) -> TermOut:
         ctx.head(knobs.of, knobs.weighting_head, emb), valid)
     if knobs.detach_class_weights:
         class_weights = sg(class_weights)
-    value = losses.label_aware_contrastive(emb, labels, class_weights,
+    # The contrasted vectors: the pooled ones (the paper's), or a projection head's of them.
+    features = ctx.projected(knobs.of, knobs.head) if knobs.head else emb
+    value = losses.label_aware_contrastive(features, labels, class_weights,
                                            temperature=knobs.temperature, valid=valid)
     return TermOut(value, {}, None, valid)
 

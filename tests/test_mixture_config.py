@@ -222,3 +222,24 @@ def test_a_source_prepared_on_first_use_keeps_check_datas_message():
                                          r"rows in /cache/vader-1234\): set config.data.source"):
         objective.check_sources(objective.plan(config), [("/cache/vader-1234", manifest)],
                                 config)
+
+
+def test_with_a_source_entry_the_folders_are_checked_now_the_terms_data_once_prepared(tmp_path):
+    """A mixture of a folder and a source (prepared on first use): the folder must be prepared
+    already (refused now, naming its entry), but a term whose data the folder lacks is not
+    refused here: the source may have them (loop.build_pipeline checks every manifest once the
+    source is prepared)."""
+    unlabelled = manifest_dir(tmp_path / "unlabelled", 10, rated=5, values=RATED)
+    source = (("source", "goemotions"), ("path", "/x/train.tsv"), ("single_label_only", True))
+    fields = {"objective.supcon.weight": 1.0}
+    plan = config_check.validate(preset("simcse", **dict(fields, **{
+        "data.mixture": ((unlabelled, 0.5), (source, 0.5))})))
+    assert "supcon" in plan.terms
+    with pytest.raises(ValueError, match=r"config.objective.supcon needs class labels"):
+        config_check.validate(preset("simcse", **dict(fields, **{
+            "data.mixture": ((unlabelled, 1.0),)})))
+    missing = str(tmp_path / "missing")
+    with pytest.raises(ValueError, match=re.escape(f"config.data.mixture[0]: {missing}: no such "
+                                                   "folder")):
+        config_check.validate(preset("simcse", **dict(fields, **{
+            "data.mixture": ((missing, 0.5), (source, 0.5))})))

@@ -627,7 +627,7 @@ def _flat_keys(config, prefix=""):
 
 
 @pytest.mark.parametrize("name", ["softmcl", "simcse", "softcse", "retrofit", "lcl", "softmcl_vad",
-                                  "softmcl_anchored"])
+                                  "softmcl_anchored", "softmcl_affect"])
 def test_presets_only_set_fields_that_base_declares(name):
     """A preset that added a field would be a hidden default: base.py declares every field."""
     base = runpy.run_path(os.path.join(tu.ROOT, "configs", "base.py"))["get_base"]()

@@ -734,6 +734,33 @@ def _summary(manifest: dict) -> str:
             + (f"bad rows skipped: {bad}" if bad else "no bad rows"))
 
 
+# --- a mixture's sources ------------------------------------------------------------------------
+
+def source_data(data: ml_collections.ConfigDict, fields: Iterable[tuple[str, Any]]
+                ) -> ml_collections.ConfigDict:
+    """``data`` (a config's data section) with the (field, value) pairs of one
+    ``config.data.mixture`` source entry set, and no mixture: the data section that source is
+    prepared and cached from, exactly as a run of that single source would (same fields, same
+    cache key). ``TypeError`` (ml_collections') for a value of another type than the field's."""
+    out = data.copy_and_resolve_references()
+    with out.unlocked():
+        out.mixture = ()
+        for k, v in fields:
+            # A source entry read back from a run's config.json has lists where tuples were.
+            out[k] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def source_config(config: ml_collections.ConfigDict, fields: Iterable[tuple[str, Any]]
+                  ) -> ml_collections.ConfigDict:
+    """``config`` with its data section replaced by :func:`source_data`: what :func:`cached`
+    prepares one mixture entry from (the run's tokenizer, ``max_len``, lexicon, probe split)."""
+    out = config.copy_and_resolve_references()
+    with out.unlocked():
+        out.data = source_data(config.data, fields)
+    return out
+
+
 # --- the cache -----------------------------------------------------------------------------------
 
 def _file_key(path: str) -> list:
