@@ -85,7 +85,9 @@ ADDED_FIELDS = {"data.rating_unit": "scale", "data.mixture": [],
                 "data.pair_column": "", "objective.regression.weight": 0.0,
                 "objective.regression.of": "online/clean",
                 "objective.regression.head": "regressor",
-                "objective.regression.target": "valence"}
+                "objective.regression.target": "valence",
+                # LCL's optional projection head ("" = the pooled vectors, as before).
+                "objective.lcl.head": ""}
 
 
 def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
