@@ -41,7 +41,7 @@ from reproduce_report import (  # noqa: E402
     table,
     write_results_md,
 )
-from reproduce_runs import RUNS  # noqa: E402
+from reproduce_runs import FINETUNE_ENCODERS, FINETUNE_TASKS, RUNS  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_MD = os.path.join(ROOT, "RESULTS.md")
@@ -166,7 +166,9 @@ def run_all(args: argparse.Namespace, names: list[str]) -> None:
             evaluate(args, name, seed)
     for seed in args.seeds:
         for name in [m for m in args.finetune_methods.split(",") if m]:
-            finetune(args, name, seed)
+            only = RUNS[name].only_seed if name in RUNS else None
+            if only is None or seed == only:  # a one-seed run has no encoder at other seeds
+                finetune(args, name, seed)
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -306,11 +308,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0, help="override total_steps (0: the config's)")
     p.add_argument("--max_examples", type=int, default=2000)
     p.add_argument("--max_len", type=int, default=64)
-    p.add_argument("--finetune_methods", default=f"{BASE},softmcl",
+    p.add_argument("--finetune_methods", default=",".join(FINETUNE_ENCODERS),
                    help="encoders that also get full fine-tuning on --finetune_tasks (slow); "
                         "'' for none")
     p.add_argument("--finetune_steps", type=int, default=300)
-    p.add_argument("--finetune_tasks", default="sst2",
+    p.add_argument("--finetune_tasks", default=",".join(FINETUNE_TASKS),
                    help="comma list of softmcl_jax.finetune.TASKS each --finetune_methods "
                         "encoder is fine-tuned on (sst2,sst5,emobank,semeval14_laptops,"
                         "semeval14_restaurants,warriner: all four task types)")

@@ -14,13 +14,17 @@ from typing import Any
 
 from reproduce_runs import (
     AFFECT,
+    AFFECT_GOAL,
+    AFFECT_MIX,
     FEATURE_TEMPERATURES,
+    FINETUNE_ENCODERS,
     GOAL,
     GRID_SEED,
     GRID_TASKS,
     LABEL_TEMPERATURES,
     METHODS,
     MIXES,
+    RECIPE,
     RUNS,
     SENTIMENT,
     VSP_WEIGHTS,
@@ -56,6 +60,29 @@ MIX_COLUMNS: tuple[Column, ...] = (
     ("sst2_fewshot", "acc_k16_mean", "SST-2 16-shot"),
     ("sst2_finetune", "acc", "SST-2 fine-tuned"),
 )
+# The all-affect search: the recipe's columns, emotion clustering among them (its goal).
+AFFECT_MIX_COLUMNS: tuple[Column, ...] = (
+    ("stsb", "spearman", "STS-B rho"),
+    ("sst2", "acc", "SST-2 acc"),
+    ("emobank", "pearson", "EmoBank r"),
+    ("warriner", "pearson", "Warriner r"),
+    ("goemotions", "ami", "GoEmo AMI"),
+    ("goemotions", "map_at_r", "GoEmo MAP@R"),
+    ("sst5", "acc", "SST-5 acc"),
+    ("sst2_fewshot", "acc_k16_mean", "SST-2 16-shot"),
+)
+# The SoftMCL paper's protocol: full fine-tuning (encoder + head) on its four task types.
+FINETUNE_COLUMNS: tuple[Column, ...] = (
+    ("sst2_finetune", "acc", "SST-2 acc"),
+    ("sst5_finetune", "acc", "SST-5 acc"),
+    ("emobank_finetune", "pearson", "EmoBank V r"),
+    ("semeval14_laptops_finetune", "acc", "Lap14 acc"),
+    ("semeval14_restaurants_finetune", "acc", "Rest14 acc"),
+    ("warriner_finetune", "pearson", "Warriner V r"),
+)
+# The paper's numbers for the same columns (DeBERTa-v3-large, test splits): only those its
+# abstract states; the paper's tables were not readable offline.
+PAPER_FINETUNE = {("sst2_finetune", "acc"): 0.9654, ("emobank_finetune", "pearson"): 0.639}
 AFFECT_COLUMNS: tuple[Column, ...] = (
     ("emobank", "pearson", "EmoBank V r"),
     ("emobank_arousal", "pearson", "EmoBank A r"),
@@ -87,16 +114,20 @@ def sentiment_mean(summary: dict[str, Any], name: str) -> list[float]:
     return out
 
 
-def goal_misses(summary: dict[str, Any], name: str) -> list[str] | None:
+Goal = dict[tuple[str, str], float]  # (task, metric) -> at least, on the mean over seeds
+
+
+def goal_misses(summary: dict[str, Any], name: str, goal: Goal = GOAL) -> list[str] | None:
     """The goal's metrics whose mean over seeds is below the goal (None: not all scored)."""
-    gaps = goal_gaps(summary, name)
+    gaps = goal_gaps(summary, name, goal)
     return None if gaps is None else [task for task, _ in gaps]
 
 
-def goal_gaps(summary: dict[str, Any], name: str) -> list[tuple[str, float]] | None:
+def goal_gaps(summary: dict[str, Any], name: str, goal: Goal = GOAL
+              ) -> list[tuple[str, float]] | None:
     """(task, mean - bound) for each goal metric below its bound (None: not all scored)."""
     gaps = []
-    for (task, metric), at_least in GOAL.items():
+    for (task, metric), at_least in goal.items():
         vals = scores(summary, name, task, metric)
         if not vals:
             return None
@@ -115,10 +146,12 @@ ARCHIVED_NOTE = ("† not yet rerun at the current commit: the row of commit d10
 
 
 def table(summary: dict[str, Any], names: Iterable[str],
-          columns: Sequence[Column] = COLUMNS, goal: bool = False) -> str:
+          columns: Sequence[Column] = COLUMNS, goal: bool | Goal = False) -> str:
     """A markdown table, one row per run that has results: mean ± sample std over seeds, x100;
     a cell over fewer seeds than its row (SST-2 fine-tuning) says how many, "(2)".
-    ``goal``: add the goal's sentiment mean and whether the run meets the goal."""
+    ``goal``: add the goal's sentiment mean and whether the run meets the goal (True: the
+    mixes' ``GOAL``; or the goal itself)."""
+    bounds = GOAL if goal is True else goal or {}
     runs = summary["runs"]
     titles = [c[2] for c in columns] + (["sentiment mean", "goal"] if goal else [])
     lines = ["| encoder | seeds | " + " | ".join(titles) + " |", "|" + "---|" * (len(titles) + 2)]
@@ -137,7 +170,7 @@ def table(summary: dict[str, Any], names: Iterable[str],
         if goal:
             senti = sentiment_mean(summary, name)
             cells.append(f"{100 * mean_std(senti)[0]:.1f}" if senti else "–")
-            gaps = goal_gaps(summary, name)
+            gaps = goal_gaps(summary, name, bounds)
             cells.append("–" if gaps is None else "**met**" if not gaps else
                          "below: " + ", ".join(f"{t} {100 * g:+.2f}" for t, g in gaps))
         lines.append(f"| {_label(name, summary)} | {len(runs[name])} | " + " | ".join(cells)
@@ -230,6 +263,18 @@ def grid_tables(summary: dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
+def finetune_table(summary: dict[str, Any]) -> str:
+    """The fine-tuning protocol: one row per encoder that was fine-tuned, the paper's numbers
+    first (its model and test splits: not comparable cell by cell, RESULTS.md says how)."""
+    paper = ["–" if k not in PAPER_FINETUNE else f"{100 * PAPER_FINETUNE[k]:.1f}"
+             for k in ((t, m) for t, m, _ in FINETUNE_COLUMNS)]
+    tuned = [n for n in FINETUNE_ENCODERS if any(
+        scores(summary, n, t, m) for t, m, _ in FINETUNE_COLUMNS)]
+    lines = table(summary, tuned, FINETUNE_COLUMNS).split("\n")
+    lines.insert(2, "| SoftMCL paper (DeBERTa-v3-large, test) | – | " + " | ".join(paper) + " |")
+    return "\n".join(lines)
+
+
 def generated_blocks(summary: dict[str, Any]) -> dict[str, str]:
     """RESULTS.md's generated blocks, by name."""
     return {
@@ -240,6 +285,9 @@ def generated_blocks(summary: dict[str, Any]) -> dict[str, str]:
             f"{summary['max_examples']} --max_len={summary['max_len']}`, mean pooling."]),
         "mixes": table(summary, [BASE, "softmcl", *MIXES], MIX_COLUMNS, goal=True),
         "affect": table(summary, [BASE, *AFFECT], AFFECT_COLUMNS),
+        "affect_mix": table(summary, [BASE, RECIPE, "retrofit", *AFFECT_MIX], AFFECT_MIX_COLUMNS,
+                            goal=AFFECT_GOAL),
+        "finetune": finetune_table(summary),
         "temperature": grid_tables(summary),
         "compute": budget_table(summary),
     }
@@ -297,12 +345,12 @@ def plot_tradeoff(summary: dict[str, Any], path: str) -> None:
     """STS-B against the goal's sentiment mean, one point per run (mean ± std over seeds), the
     goal's two bounds dashed (the goal is per metric: a point past both lines may still miss
     one; the table says). Left the whole plane, right the corner around the goal, where the
-    best mixes crowd (named there only)."""
+    best mixes crowd (named there only). The all-affect search's runs in purple."""
     plt = _pyplot()
     fig, (whole, corner) = plt.subplots(1, 2, figsize=(13, 5.5),
                                         gridspec_kw={"width_ratios": [1, 1.2]})
     points = []
-    for name in [n for n in (BASE, *METHODS, *MIXES) if n in summary["runs"]]:
+    for name in [n for n in (BASE, *METHODS, *MIXES, *AFFECT_MIX) if n in summary["runs"]]:
         x, y = sentiment_mean(summary, name), scores(summary, name, "stsb", "spearman")
         if x and y:
             (mx, sx), (my, sy) = mean_std(x), mean_std(y)
@@ -321,7 +369,8 @@ def plot_tradeoff(summary: dict[str, Any], path: str) -> None:
         for name, mx, sx, my, sy in points:
             misses = goal_misses(summary, name)
             marker = "*" if misses == [] else ("s" if name == BASE else "o")
-            colour = "black" if name in (BASE, *METHODS) else "tab:blue"
+            colour = ("black" if name in (BASE, *METHODS) else
+                      "tab:purple" if name in AFFECT_MIX else "tab:blue")
             ax.errorbar(mx, my, xerr=sx, yerr=sy, fmt=marker, ms=9 if marker == "*" else 5,
                         color=colour, capsize=2, lw=0.8)
             if (ax is corner) == in_corner(mx, my):

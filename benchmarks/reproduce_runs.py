@@ -184,6 +184,22 @@ AFFECT_MIX = {
 
 RUNS: dict[str, Run] = {**METHODS, **MIXES, **AFFECT, **GRID, **AFFECT_MIX}
 
+# The recipe (configs/softmcl_anchored.py, the default job) is this run of the mixes.
+RECIPE = "softmcl_t0.4_ema_infonce_vsp1"
+# The all-affect preset as it stands (configs/softmcl_affect.py is this run's definition).
+AFFECT_RECIPE = "affect_supcon_head"
+
+# Issue 27's goal for the all-affect recipe (means over 3 seeds, dev): the recipe's similarity
+# and sentiment figures and retrofitting's emotion clustering, all at once.
+AFFECT_GOAL = {("stsb", "spearman"): 0.865, ("sst2", "acc"): 0.849, ("emobank", "pearson"): 0.621,
+               ("warriner", "pearson"): 0.778, ("goemotions", "ami"): 0.190}
+
+# The paper's protocol: the encoders fine-tuned on every task type (softmcl_jax.finetune.TASKS),
+# with the same hyper-parameters (configs/finetune.py) for each.
+FINETUNE_ENCODERS = ("base", "softmcl", RECIPE, AFFECT_RECIPE)
+FINETUNE_TASKS = ("sst2", "sst5", "emobank", "semeval14_laptops", "semeval14_restaurants",
+                  "warriner")
+
 # Issue 15's goal, all at once (means over seeds, dev): SoftMCL's sentiment scores of the
 # padded-era RESULTS.md and the base encoder's similarity. (task, metric) -> at least.
 GOAL = {("stsb", "spearman"): 0.865, ("sst2", "acc"): 0.834, ("emobank", "pearson"): 0.624,

@@ -99,8 +99,8 @@ def test_the_resumed_step_is_read_from_the_trainers_log():
 
 def _results_md(path):
     blocks = "".join(f"<!-- generated: {n} begin -->\nold {n}\n<!-- generated: {n} end -->\n"
-                     f"\nprose after {n}\n" for n in ("main", "mixes", "affect", "temperature",
-                                                       "compute"))
+                     f"\nprose after {n}\n" for n in ("main", "mixes", "affect_mix", "finetune",
+                                                       "affect", "temperature", "compute"))
     path.write_text("# R\n\nprose before\n\n" + blocks)
 
 
@@ -112,7 +112,8 @@ def test_results_md_keeps_the_prose_around_the_markers(args, tmp_path):
     assert text.startswith("# R\n\nprose before") and text.endswith("prose after compute\n")
     assert "old" not in text and "SST-2 acc" in text and "20 × 32" in text
     assert "| 2.0 | 1.0 | – | abc1234 |" in text  # minutes per seed and the commit trained at
-    assert all(f"prose after {n}" in text for n in ("main", "mixes", "affect", "temperature"))
+    assert all(f"prose after {n}" in text for n in ("main", "mixes", "affect_mix", "finetune",
+                                                     "affect", "temperature"))
     path.write_text(path.read_text().replace("<!-- generated: affect end -->", ""))
     with pytest.raises(SystemExit, match="affect end"):
         report.write_results_md(reproduce.collect(args), str(path))
@@ -320,3 +321,24 @@ def test_seeds_rerun_here_replace_theirs_and_the_rest_are_carried(args, tmp_path
     # What each seed trained with is recorded (its seed left out), for the preset pins.
     assert simcse["0"]["config"] == {"total_steps": 20, "batch_size": 32,
                                      "optimizer": {"learning_rate": 3e-5}}
+
+
+def test_the_finetuning_table_covers_every_task_type_for_its_encoders():
+    """reproduce.py's defaults fine-tune every encoder of the table on all four task types."""
+    from softmcl_jax import finetune
+
+    assert set(reproduce_runs.FINETUNE_TASKS) == set(finetune.TASKS)
+    assert {t for t, _, _ in report.FINETUNE_COLUMNS} == {
+        f"{t}_finetune" for t in reproduce_runs.FINETUNE_TASKS}
+    assert all(n == report.BASE or n in reproduce_runs.RUNS
+               for n in reproduce_runs.FINETUNE_ENCODERS)
+    assert reproduce_runs.RECIPE in reproduce_runs.FINETUNE_ENCODERS
+
+
+def test_the_finetuning_table_puts_the_papers_numbers_first(args):
+    summary = reproduce.collect(args)
+    run = summary["runs"]["base"]["0"]["eval"]
+    run["sst2_finetune"] = {"acc": 0.85, "split": "dev", "n": 872}
+    lines = report.finetune_table(summary).splitlines()
+    assert lines[2].startswith("| SoftMCL paper") and "96.5" in lines[2] and "63.9" in lines[2]
+    assert lines[3].startswith("| MiniLM (base) | 2 | 85.0 ± 0.0 (1) |")
