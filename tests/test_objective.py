@@ -464,9 +464,10 @@ ROWS_WORDS = [(0, 2, -1.0), (1, 3, 0.5), (1, 5, -1.0), (3, 1, -1.0), (3, 2, -1.0
               (6, 1, -1.0), (6, 2, -1.0), (6, 3, 0.4), (7, 1, 0.5)]
 # By hand: valid rows 0-6 (7); both sentence ratings 0, 2, 5 (3); a word with an arousal
 # 1, 6 (2; soft_word reads valence and arousal); any word 0, 1, 3, 6 (4; vsp_word); a class
-# 0, 2, 3, 6 (4).
+# 0, 2, 3, 6 (4); a valence rating, the regression's target: 0, 1, 2, 5 (4).
 ROWS_WANT = {"mlm": 7, "infonce": 7, "softcse": 7, "vsp": 7, "soft_sentence": 3,
-             "soft_word": 2, "vsp_word": 4, "supcon": 4, "lcl": 4, "ce": 4, "weighting_ce": 4}
+             "soft_word": 2, "vsp_word": 4, "supcon": 4, "lcl": 4, "ce": 4, "weighting_ce": 4,
+             "regression": 4}
 
 
 def rows_batch(the_plan: objective.Plan, length: int = 12) -> dict[str, np.ndarray]:
@@ -505,7 +506,8 @@ def test_each_term_reports_the_rows_it_read_and_queues_only_those(model_dir):
     config = preset("softmcl", **dict(TINY, **{
         "data.packing": False, "model.max_len": 12, "data.mlm_rate": 0.15,
         "data.num_labels": 3, "objective.soft_word.queue_size": 0}))
-    for term in ("infonce", "softcse", "supcon", "vsp", "vsp_word", "lcl", "ce", "weighting_ce"):
+    for term in ("infonce", "softcse", "supcon", "vsp", "vsp_word", "lcl", "ce", "weighting_ce",
+                 "regression"):
         config.objective[term].weight = 1.0
     for term in ("soft_sentence", "soft_word"):
         config.objective[term].update(labels=("valence", "arousal"), label_weights=(0.5, 0.5))
