@@ -97,7 +97,7 @@ STRUCTURE: dict[str, dict[str, str]] = {
     "softcse": _CONTRAST,
     "supcon": dict(of="online/clean", head="projection"),
     "vsp": dict(of="online/clean", to="frozen/clean"),
-    "lcl": dict(of="online/clean", weighting_head="weighting"),
+    "lcl": dict(of="online/clean", weighting_head="weighting", head=""),
     "ce": dict(of="online/clean", head="classifier"),
     "weighting_ce": dict(of="online/clean", head="weighting"),
 }
@@ -273,11 +273,11 @@ def mlm_targets(hidden: Tensor, labels: Tensor, per_row: int) -> tuple[Tensor, T
 
 
 def learning_rate(step: int, config: Any) -> float:
-    """``optax.warmup_cosine_decay_schedule`` as ``softmcl_jax.train.make_optimizer`` builds it.
-
-    Linear 0 -> peak over ``warmup_steps``, then cosine from peak to ``end_learning_rate`` over
-    ``decay_steps - warmup_steps`` with ``decay_steps = max(total_steps, warmup_steps + 1)``;
-    ``step`` is the number of updates already applied (optax evaluates it before counting).
+    """``softmcl_jax.train.learning_rate_schedule``: linear 0 -> peak over ``warmup_steps``,
+    then cosine (``optimizer.decay="cosine"``, optax's ``warmup_cosine_decay_schedule``) or a
+    straight line (``"linear"``) from peak to ``end_learning_rate`` over ``decay_steps -
+    warmup_steps`` with ``decay_steps = max(total_steps, warmup_steps + 1)``; ``step`` is the
+    number of updates already applied (optax evaluates it before counting).
     """
     o = config.optimizer
     peak, end, warmup = float(o.learning_rate), float(o.end_learning_rate), int(o.warmup_steps)
@@ -285,6 +285,8 @@ def learning_rate(step: int, config: Any) -> float:
     if step < warmup:
         return peak * step / warmup
     t = min(step - warmup, decay_steps - warmup)
+    if o.decay == "linear":
+        return peak + (end - peak) * t / (decay_steps - warmup)
     alpha = 0.0 if peak == 0.0 else end / peak
     cosine = 0.5 * (1.0 + math.cos(math.pi * t / (decay_steps - warmup)))
     return peak * ((1.0 - alpha) * cosine + alpha)

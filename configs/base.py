@@ -124,6 +124,9 @@ def get_base() -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 5e-5
     c.optimizer.end_learning_rate = 0.0
     c.optimizer.warmup_steps = 20
+    # After the warm-up the rate goes to end_learning_rate by total_steps: "cosine" or "linear"
+    # (BERT's GLUE fine-tuning recipe, configs/finetune.py).
+    c.optimizer.decay = "cosine"
     c.optimizer.weight_decay = 0.01
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999

@@ -11,10 +11,9 @@ MiniLM on SST-2's train file (``--config.data.path=DATA/sst2/stsa.binary.train``
 Where the numbers come from: the SoftMCL paper fine-tunes as BERT and DeBERTa are fine-tuned on
 GLUE (Devlin et al. 2019, appendix A.3; He et al. 2021): AdamW at lr 2e-5, batch 32, linear
 warm-up over the first 10% of the steps, weight decay 0.01, gradient clipping at norm 1, dropout
-on (the checkpoint's rates). The papers train 2-3 epochs; here ``total_steps`` is a field (the
-CLI's ``--finetune_steps``, default 500), capped so that a CPU finishes a task in minutes. After
-the warm-up the trainer's schedule decays to 0 by ``total_steps`` (softmcl_jax/train.py's cosine
-decay; the GLUE recipe decays linearly).
+on (the checkpoint's rates), then linear decay to 0 by the last step (``optimizer.decay``). The
+papers train 2-3 epochs; here ``total_steps`` is a field (the CLI's ``--finetune_steps``,
+default 500), capped so that a CPU finishes a task in minutes.
 """
 
 import os
@@ -51,6 +50,7 @@ def get_config():
     o.learning_rate = 2e-5
     o.end_learning_rate = 0.0
     o.warmup_steps = warmup_steps(c.total_steps)
+    o.decay = "linear"
     o.weight_decay = 0.01
     o.clip_norm = 1.0
     # The task's term is switched on by softmcl_jax.finetune (ce or regression, weight 1).

@@ -230,6 +230,8 @@ def validate(config: ml_collections.ConfigDict) -> objective.Plan:
     _require(o.end_learning_rate >= 0, "optimizer.end_learning_rate", o.end_learning_rate,
              "must be >= 0")
     _require(o.warmup_steps >= 0, "optimizer.warmup_steps", o.warmup_steps, "must be >= 0")
+    _require(o.decay in ("cosine", "linear"), "optimizer.decay", o.decay,
+             "must be 'cosine' or 'linear'")
     _require(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "must be >= 0")
     _require(o.clip_norm > 0, "optimizer.clip_norm", o.clip_norm, "must be > 0")
     _require(o.eps > 0, "optimizer.eps", o.eps, "must be > 0")

@@ -73,16 +73,29 @@ def enqueue(q: Queue, keys: jax.Array, values: jax.Array, valid: jax.Array) -> Q
     )
 
 
+def learning_rate_schedule(o: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """0 -> ``learning_rate`` linearly over ``warmup_steps``, then to ``end_learning_rate`` at
+    ``total_steps`` along a cosine (pre-training) or a straight line (BERT's GLUE fine-tuning)."""
+    end = max(total_steps, o.warmup_steps + 1)
+    if o.decay == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
+            decay_steps=end, end_value=o.end_learning_rate)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, o.learning_rate, o.warmup_steps),
+         optax.linear_schedule(o.learning_rate, o.end_learning_rate, end - o.warmup_steps)],
+        [o.warmup_steps])
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation,
                                                                optax.Schedule]:
-    """AdamW with linear warm-up then cosine decay, global-norm clipping, optional accumulation.
+    """AdamW with linear warm-up then ``optimizer.decay`` (cosine or linear) to
+    ``end_learning_rate`` at ``total_steps``, global-norm clipping, optional accumulation.
 
     Weight decay skips biases and LayerNorm scales (1-D leaves), as BERT-style training does.
     """
     o = config.optimizer
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
-        decay_steps=max(config.total_steps, o.warmup_steps + 1), end_value=o.end_learning_rate)
+    schedule = learning_rate_schedule(o, config.total_steps)
     decay_mask = lambda params: jax.tree.map(lambda x: x.ndim > 1, params)
     tx = optax.chain(
         optax.clip_by_global_norm(o.clip_norm),

@@ -87,7 +87,8 @@ ADDED_FIELDS = {"data.rating_unit": "scale", "data.mixture": [],
                 "objective.regression.head": "regressor",
                 "objective.regression.target": "valence",
                 # LCL's optional projection head ("" = the pooled vectors, as before).
-                "objective.lcl.head": ""}
+                "objective.lcl.head": "",
+                "optimizer.decay": "cosine"}
 
 
 def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:

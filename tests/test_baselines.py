@@ -59,6 +59,10 @@ load_config = tu.load_config
     {"optimizer.warmup_steps": 0},
     {"optimizer.end_learning_rate": 1e-5, "total_steps": 7, "optimizer.warmup_steps": 3},
     {"total_steps": 2, "optimizer.warmup_steps": 5},  # decay_steps = warmup + 1
+    {"optimizer.decay": "linear"},
+    {"optimizer.decay": "linear", "optimizer.warmup_steps": 0},
+    {"optimizer.decay": "linear", "optimizer.end_learning_rate": 1e-5, "total_steps": 7,
+     "optimizer.warmup_steps": 3},
 ])
 def test_learning_rate_is_the_optax_schedule(fields):
     config = load_config("simcse", **fields)
@@ -66,6 +70,19 @@ def test_learning_rate_is_the_optax_schedule(fields):
     ours = np.array([tt.learning_rate(s, config) for s in range(40)])
     theirs = np.array([float(schedule(s)) for s in range(40)])
     np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-12)
+
+
+def test_linear_decay_is_the_glue_recipe():
+    """optimizer.decay="linear" (configs/finetune.py): 0 -> peak over the warm-up, then a
+    straight line to end_learning_rate at total_steps, where it stays (closed form)."""
+    config = load_config("simcse", **{"optimizer.decay": "linear", "total_steps": 100,
+                                      "optimizer.warmup_steps": 10,
+                                      "optimizer.learning_rate": 2e-5,
+                                      "optimizer.end_learning_rate": 0.0})
+    _, schedule = train.make_optimizer(config)
+    got = {s: float(schedule(s)) for s in (0, 5, 10, 55, 100, 120)}
+    want = {0: 0.0, 5: 1e-5, 10: 2e-5, 55: 1e-5, 100: 0.0, 120: 0.0}
+    assert got == pytest.approx(want, abs=1e-12)
 
 
 def test_optimizer_is_optax_adamw_with_clipping():
@@ -176,6 +193,8 @@ def test_preset_of_reads_the_active_terms():
         tt.preset_of(load_config("simcse", **{"objective.vsp.weight": 1.0}))
     with pytest.raises(ValueError, match=r"config.objective.infonce.key='ema/clean'"):
         tt.preset_of(load_config("simcse", **{"objective.infonce.key": "ema/clean"}))
+    with pytest.raises(ValueError, match=r"config.objective.lcl.head='emotion'"):
+        tt.preset_of(load_config("lcl", **{"objective.lcl.head": "emotion"}))
     with pytest.raises(ValueError, match=r"config.objective.vsp.weight_end is set: the PyTorch "
                                          r"baseline has constant term weights only"):
         tt.preset_of(load_config("retrofit", **{"objective.vsp.weight_end": 0.0}))

@@ -81,6 +81,7 @@ def test_a_term_switched_on_changes_only_what_it_needs():
     ({"objective.soft_sentence.temperature": -0.1},
      r"config.objective.soft_sentence.temperature=-0.1 must be > 0"),
     ({"optimizer.learning_rate": -1e-4}, r"config.optimizer.learning_rate=-0.0001 must be > 0"),
+    ({"optimizer.decay": "step"}, r"config.optimizer.decay='step' must be 'cosine' or 'linear'"),
     ({"total_steps": 0}, r"config.total_steps=0 must be > 0"),
     ({"objective.soft_word.queue_size": 100},
      r"config.objective.soft_word.queue_size=100 must be 0 or a positive multiple of the keys "
