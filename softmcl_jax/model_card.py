@@ -82,9 +82,28 @@ def papers(terms: Mapping[str, float]) -> list[str]:
     return [cite for used_by, cite in PAPERS.values() if any(t in terms for t in used_by)]
 
 
+def data_sources(data: Mapping[str, Any]) -> list[tuple[str, str, float]]:
+    """(source, path, share of the batch) of each source the run read: the one
+    ``data.source``, or each ``data.mixture`` entry (a prepared folder, or ``(field, value)``
+    pairs over ``config.data``), its weight normalised."""
+    mixture = list(data.get("mixture") or ())
+    if not mixture:
+        return [(str(data["source"]), str(data.get("path") or ""), 1.0)]
+    total = sum(float(weight) for _, weight in mixture)
+    out = []
+    for spec, weight in mixture:
+        if isinstance(spec, str):
+            out.append(("prepared", spec, float(weight) / total))
+            continue
+        fields = {**data, **{str(k): v for k, v in spec}}
+        out.append((str(fields["source"]), str(fields.get("path") or ""), float(weight) / total))
+    return out
+
+
 def _front_matter(config: Mapping[str, Any]) -> str:
     hub_id, licence = base_model(str(config["model"]["name_or_path"]))
-    dataset = SOURCES.get(str(config["data"]["source"]), (None, ""))[0]
+    datasets = [SOURCES[s][0] for s, _, _ in data_sources(config["data"])
+                if SOURCES.get(s, (None, ""))[0]]
     lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
              "language:", "- en", f"license: {licence or 'other'}", "tags:"]
     lines += [f"- {t}" for t in ("sentence-transformers", "sentence-similarity",
@@ -92,17 +111,25 @@ def _front_matter(config: Mapping[str, Any]) -> str:
                                  str(config.get("name") or "softmcl_jax"))]
     if hub_id:
         lines.append(f"base_model: {hub_id}")
-    if dataset:
-        lines += ["datasets:", f"- {dataset}"]
+    if datasets:
+        lines += ["datasets:", *(f"- {d}" for d in dict.fromkeys(datasets))]
     return "\n".join(lines + ["---", ""])
 
 
 def _training(config: Mapping[str, Any], info: Mapping[str, Any]) -> list[str]:
     model, data = config["model"], config["data"]
     terms = active_terms(config)
-    source = str(data["source"])
-    described = SOURCES.get(source, (None, f"`{source}` data"))[1]
-    where = f" (`{data['path']}`)" if data.get("path") else ""
+    sources = data_sources(data)
+
+    def describe(source: str, path: str) -> str:
+        what = ("the prepared folder" if source == "prepared" else
+                SOURCES.get(source, (None, f"`{source}` data"))[1])
+        return what + (f" (`{path}`)" if path else "")
+
+    described = (describe(*sources[0][:2]) if len(sources) == 1 else
+                 "a mixture of " + "; ".join(f"{describe(s, p)} at {share:.0%} of each batch"
+                                             for s, p, share in sources))
+    where = ""
     count = info.get("train_sentences")
     lines = ["## Training", "",
              f"- Method: `{config.get('name') or 'custom'}` (softmcl_jax), "

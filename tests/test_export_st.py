@@ -152,6 +152,24 @@ def test_model_card_is_hub_metadata_and_says_what_was_trained(preset, tmp_path):
     assert ("SoftMCL" in card.text.split("## Citation")[1]) == (preset == "softmcl")
 
 
+def test_the_card_of_a_mixture_names_every_source_and_its_share(monkeypatch):
+    """softmcl_affect trains on VADER and GoEmotions: the card says both, with their shares of
+    each batch, and lists GoEmotions' hub id; a prepared-folder entry is named as such."""
+    monkeypatch.setenv("SOFTMCL_DATA_DIR", "/data")
+    config = load_config("softmcl_affect").to_dict()
+    text = model_card.render(config, INFO)
+    card = huggingface_hub.ModelCard(text)
+    assert card.data.to_dict()["datasets"] == ["google-research-datasets/go_emotions"]
+    line = next(x for x in card.text.splitlines() if x.startswith("- Training data:"))
+    assert "the VADER sentence sets" in line and "GoEmotions (Demszky et al., 2020)" in line
+    assert "(`/data/goemotions/train.tsv`) at 50% of each batch" in line
+    config["data"]["mixture"] = (("/prepared/a", 1.5), config["data"]["mixture"][0])  # + 0.5
+    line = next(x for x in model_card.render(config, INFO).splitlines()
+                if x.startswith("- Training data:"))
+    assert "the prepared folder (`/prepared/a`) at 75% of each batch" in line
+    assert "the VADER sentence sets" in line and "at 25% of each batch" in line
+
+
 def test_model_card_states_a_scheduled_weight():
     config = load_config("softmcl", **{"objective.vsp.weight": 0.0,
                                        "objective.vsp.weight_end": 10.0})
