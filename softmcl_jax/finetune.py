@@ -106,7 +106,7 @@ def _examples(task: str, items: Sequence[Any]) -> list[Example]:
 def load_task(data_dir: str, task: str, max_examples: int | None = None) -> TaskSplits:
     """The task's training and scored examples, by the suite's split protocol
     (``evaluation.data``; ``MissingData`` names missing files)."""
-    from softmcl_jax.evaluation import data as D
+    import softmcl_jax.evaluation.data as D
 
     if task not in TASKS:
         raise ValueError(f"unknown fine-tuning task {task!r}; tasks: {', '.join(TASKS)}")
