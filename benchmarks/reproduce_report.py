@@ -62,10 +62,7 @@ MIX_COLUMNS: tuple[Column, ...] = (
 )
 # The all-affect search: the recipe's columns, emotion clustering among them (its goal).
 AFFECT_MIX_COLUMNS: tuple[Column, ...] = (
-    ("stsb", "spearman", "STS-B rho"),
-    ("sst2", "acc", "SST-2 acc"),
-    ("emobank", "pearson", "EmoBank r"),
-    ("warriner", "pearson", "Warriner r"),
+    *MIX_COLUMNS[:4],  # the similarity and the three sentiment goals, as the mixes' table
     ("goemotions", "ami", "GoEmo AMI"),
     ("goemotions", "map_at_r", "GoEmo MAP@R"),
     ("sst5", "acc", "SST-5 acc"),
