@@ -178,11 +178,16 @@ def test_the_reproductions_affect_runs_read_goemotions_under_data_dir():
 
     runs = rr.AFFECT_MIX
     assert set(runs) == {"affect_supcon_head", "affect_supcon_pooled", "affect_lcl_head",
-                         "affect_lcl_pooled", "affect_supcon0.3", "affect_supcon0.3_vsp3"}
+                         "affect_lcl_pooled", "affect_supcon0.3", "affect_supcon0.3_vsp3",
+                         "affect_supcon0.1", "affect_supcon0.3_mix0.75"}
     assert all(name in rr.RUNS for name in runs)
     config = parse(*runs["affect_supcon_head"].flags("/data"))
     want = runs_preset_mixture("/data/goemotions/train.tsv")
     assert config.data.mixture == want
+    # The 0.75 mix: the same two sources, VADER at three quarters of each batch.
+    mixed = parse(*runs["affect_supcon0.3_mix0.75"].flags("/data")).data.mixture
+    assert [entry for entry, _ in mixed] == [entry for entry, _ in want]
+    assert [share for _, share in mixed] == [0.75, 0.25]
     plans = {name: config_check.validate(parse(*run.flags("/data"))) for name, run in runs.items()}
     assert dict(plans["affect_supcon_head"].heads)["emotion"] == "projection"
     assert "emotion" not in dict(plans["affect_supcon_pooled"].heads)
