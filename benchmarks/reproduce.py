@@ -116,13 +116,14 @@ def resumed_step(log_text: str) -> int:
 
 
 def _suite(args: argparse.Namespace, method: str, seed: int, name: str,
-           flags: list[str]) -> None:
+           flags: list[str], want: tuple[str, ...] = ()) -> None:
     """``python -m softmcl_jax.evaluate`` on the base or trained encoder, into RUN/NAME.json
     (written only when the run finishes, so a half-done one is redone), RUN/NAME.log and the
-    seconds it took in RUN/NAME_seconds.json. Skipped if RUN/NAME.json exists."""
+    seconds it took in RUN/NAME_seconds.json. Skipped if RUN/NAME.json exists and holds every
+    key of ``want`` (an earlier reproduction may have asked for fewer tasks)."""
     out = run_dir(args.runs_dir, method, seed)
     result = os.path.join(out, f"{name}.json")
-    if os.path.exists(result):
+    if os.path.exists(result) and set(want) <= set(_read_json(result)):
         return
     os.makedirs(out, exist_ok=True)
     checkpoint = "minilm" if method == BASE else os.path.join(out, "export")
@@ -148,9 +149,10 @@ def finetune(args: argparse.Namespace, method: str, seed: int) -> None:
     behind the SoftMCL paper's downstream numbers, at MiniLM scale. The runs stay in
     RUN/finetune_runs, so an interrupted reproduction resumes them."""
     runs = os.path.join(run_dir(args.runs_dir, method, seed), "finetune_runs")
+    tasks = [t for t in args.finetune_tasks.split(",") if t]
     _suite(args, method, seed, "finetune",
            [f"--finetune={args.finetune_tasks}", f"--finetune_steps={args.finetune_steps}",
-            f"--workdir={runs}"])
+            f"--workdir={runs}"], want=tuple(f"{t}_finetune" for t in tasks))
 
 
 def run_all(args: argparse.Namespace, names: list[str]) -> None:

@@ -235,6 +235,34 @@ def test_finished_steps_are_not_run_again(args, monkeypatch):
     assert f"--config.data.path={os.path.join('DATA', 'sst5/stsa.fine.train')}" in calls[0]
 
 
+def test_finetuning_asked_for_more_tasks_than_its_result_holds_runs_again(args, monkeypatch):
+    """An earlier reproduction fine-tuned SST-2 alone: asking for SST-2 and SST-5 must run the
+    evaluation again (it resumes the finished task from its run folder), not skip the seed."""
+    calls = []
+
+    def fake_run(cmd, log, append=False):
+        calls.append(cmd)
+        with open(next(c for c in cmd if c.startswith("--output="))[len("--output="):], "w") as f:
+            json.dump({"sst2_finetune": {"acc": 0.9}, "sst5_finetune": {"acc": 0.5}}, f)
+        return 1.0
+
+    monkeypatch.setattr(reproduce, "_run", fake_run)
+    out = reproduce.run_dir(args.runs_dir, "base", 0)
+    with open(os.path.join(out, "finetune.json"), "w") as f:
+        json.dump({"sst2_finetune": {"acc": 0.9}}, f)
+    args.finetune_steps = 300
+    args.finetune_tasks = "sst2"
+    reproduce.finetune(args, "base", 0)
+    assert calls == []  # everything asked for is there
+    args.finetune_tasks = "sst2,sst5"
+    reproduce.finetune(args, "base", 0)
+    assert len(calls) == 1 and "--finetune=sst2,sst5" in calls[0]
+    with open(os.path.join(out, "finetune.json")) as f:
+        assert set(json.load(f)) == {"sst2_finetune", "sst5_finetune"}
+    reproduce.finetune(args, "base", 0)
+    assert len(calls) == 1
+
+
 def test_runs_are_presets_with_overrides(args, monkeypatch):
     """A mix or variant is a preset plus --config overrides; {data} is --data_dir. The V-only
     control of the V/A/D run differs from it in the label dimensions alone."""
