@@ -180,7 +180,7 @@ def test_the_reproductions_affect_runs_read_goemotions_under_data_dir():
     assert set(runs) == {"affect_supcon_head", "affect_supcon_pooled", "affect_lcl_head",
                          "affect_lcl_pooled", "affect_supcon0.3", "affect_supcon0.3_vsp3",
                          "affect_supcon0.1", "affect_supcon0.3_mix0.75",
-                         "affect_supcon0", "affect_supcon0.03"}
+                         "affect_supcon0", "affect_supcon0.03", "affect_supcon0.05"}
     assert all(name in rr.RUNS for name in runs)
     config = parse(*runs["affect_supcon_head"].flags("/data"))
     want = runs_preset_mixture("/data/goemotions/train.tsv")
