@@ -18,6 +18,8 @@ groups, one per part of RESULTS.md:
 
 from __future__ import annotations
 
+import os
+import runpy
 from dataclasses import dataclass
 
 
@@ -160,14 +162,19 @@ GRID = {
 # 28 emotion classes. The screen (one seed, the whole suite): SupCon or LCL, each on its own
 # projection head ("emotion") or on the pooled output that the evaluation reads.
 AFFECT_MIX_DATA = "shipped VADER sentences + lexicon + GoEmotions train (single-label)"
-# The preset's mixture with GoEmotions under --data_dir (the preset reads $SOFTMCL_DATA_DIR);
-# a (field, value) pairs literal (config_check.mixture_entries), so no braces but {data}'s.
+# The preset's own mixture() (configs/softmcl_affect.py), so the entries are declared once.
+_PRESET_MIXTURE = runpy.run_path(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                 "softmcl_affect.py"))["mixture"]
+
+
 def affect_mixture(vader_share: float) -> str:
-    """The override of the preset's mixture: VADER at ``vader_share`` of each batch, GoEmotions
-    (under --data_dir) the rest."""
-    return (f"data.mixture=(((('source', 'vader'),), {vader_share:g}), ((('source', 'goemotions'), "
-            "('path', '{data}/goemotions/train.tsv'), ('single_label_only', True)), "
-            f"{1 - vader_share:g}))")
+    """The override of the preset's mixture with GoEmotions under --data_dir (the preset reads
+    $SOFTMCL_DATA_DIR): VADER at ``vader_share`` of each batch, GoEmotions the rest. The value
+    is the (field, value) pairs literal (config_check.mixture_entries) the preset builds, with
+    no braces but {data}'s."""
+    entries = _PRESET_MIXTURE("{data}/goemotions/train.tsv", (vader_share, 1 - vader_share))
+    return f"data.mixture={entries!r}"
 
 
 AFFECT_MIXTURE = affect_mixture(0.5)
