@@ -186,7 +186,7 @@ def splits_line(summary: dict[str, Any]) -> str:
 def budget_table(summary: dict[str, Any]) -> str:
     """Wall-clock minutes per seed of every run; the grid as one row (its total)."""
     lines = ["| run | training data | steps × batch | lr | seeds | train min/seed | "
-             "eval min/seed | SST-2 fine-tune min/seed | trained at |",
+             "eval min/seed | fine-tune min/seed (6 tasks) | trained at |",
              "|---|---|---|---|---|---|---|---|---|"]
 
     def commits(seeds: Iterable[dict[str, Any]]) -> str:

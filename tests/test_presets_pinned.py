@@ -160,3 +160,15 @@ def test_the_preset_is_what_its_reported_seeds_trained(name):
     for seed, config in _recorded(name).items():
         got = _comparable(with_added_fields(config), summary["data_dir"])
         assert with_unset(got, want) == want, (name, seed)
+
+
+def test_the_reported_finetuning_covers_every_encoder_and_task_type():
+    """RESULTS.md's fine-tuning table is complete: every encoder the reproduction fine-tunes has
+    at least two seeds with a fine-tuned score on every task, and the seeds of a trained encoder
+    that carry one record what they trained with (they ran at the code of the day)."""
+    runs = _summary()["runs"]
+    for name in reproduce_runs.FINETUNE_ENCODERS:
+        done = {s: e for s, e in runs[name].items()
+                if all(f"{t}_finetune" in e["eval"] for t in reproduce_runs.FINETUNE_TASKS)}
+        assert len(done) >= 2, (name, sorted(done))
+        assert name == "base" or all("config" in e for e in done.values()), name
